@@ -1,0 +1,49 @@
+# Two commands matter: `make demo` and `make test`. Everything else is a step they use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv proto proto-check lint typecheck test test-unit test-e2e demo demo-stop bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+proto: venv  ## regenerate the protobuf/grpclib modules
+	scripts/gen_proto.sh
+
+proto-check: venv  ## fail when the committed generated code is not current
+	scripts/check_proto.sh
+
+lint: venv
+	$(BIN)/ruff check src tests bench examples scripts
+	$(BIN)/ruff format --check src tests bench examples scripts
+
+typecheck: venv
+	$(BIN)/mypy
+
+test-unit: venv
+	$(BIN)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: venv
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+test: venv proto-check lint typecheck  ## everything CI runs
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: venv  ## OpenBao + the Skyflow emulator + three business-unit mounts
+	$(BIN)/python -m skyflow_vault_plugin.devtools.demo
+
+demo-stop:
+	$(BIN)/python -m skyflow_vault_plugin.devtools.demo --stop
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .demo build dist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Example plugins built with the SDK only."""

@@ -1,0 +1,53 @@
+"""Logs on stderr in hclog's JSON format, which the host re-logs under the plugin's name."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any
+
+_LEVELS = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "error",
+}
+_STANDARD_ATTRS = set(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+class HclogFormatter(logging.Formatter):
+    """One JSON object per line with ``@level``, ``@message``, ``@module``, ``@timestamp``
+    and the record's extra attributes as key/value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "@level": _LEVELS.get(record.levelno, "info"),
+            "@message": record.getMessage(),
+            "@module": record.name,
+            "@timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            # The exception type only: tracebacks may quote local values, and the
+            # host's log is widely read.
+            entry["error_type"] = record.exc_info[0].__name__
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(level: str | None) -> None:
+    """Send the root logger to stderr in hclog JSON at ``level`` (default info)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(HclogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    names = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+             "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+    root.setLevel(names.get((level or "info").lower(), logging.INFO))

@@ -1,0 +1,104 @@
+"""Automatic mTLS: a fresh self-signed certificate per process, trusting only the host's.
+
+The host's certificate is ECDSA P-521, which OpenSSL (Python's ``ssl``) handles and
+BoringSSL (grpcio) does not. Our own certificate is P-256: the host accepts any key, and
+P-256 is cheaper to generate at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PluginTLS:
+    """The process's TLS material and the contexts built from it."""
+
+    cert_der: bytes
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def _generate_certificate() -> tuple[bytes, bytes, bytes]:
+    """``(key_pem, cert_pem, cert_der)`` for a self-signed P-256 certificate for localhost."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM), cert.public_bytes(
+        serialization.Encoding.DER
+    )
+
+
+def build_tls(host_cert_pem: str) -> PluginTLS:
+    """Contexts for serving the host and for dialling its broker, both mutually verified."""
+    key_pem, cert_pem, cert_der = _generate_certificate()
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_2
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cadata=host_cert_pem)
+    server.set_alpn_protocols(["h2"])  # grpc-go >= 1.67 insists on ALPN
+
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    client.load_verify_locations(cadata=host_cert_pem)
+    client.set_alpn_protocols(["h2"])
+
+    # load_cert_chain reads files only: keep the key in a private directory for an instant.
+    with tempfile.TemporaryDirectory(prefix="plugin-tls-") as private_dir:
+        os.chmod(private_dir, 0o700)
+        key_file = os.path.join(private_dir, "key.pem")
+        cert_file = os.path.join(private_dir, "cert.pem")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_pem)
+        with open(cert_file, "wb") as handle:
+            handle.write(cert_pem)
+        server.load_cert_chain(cert_file, key_file)
+        client.load_cert_chain(cert_file, key_file)
+    return PluginTLS(cert_der=cert_der, server=server, client=client)

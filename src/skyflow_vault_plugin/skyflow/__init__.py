@@ -1,0 +1,1 @@
+"""The Skyflow secrets engine: credentials, the token exchange and the Vault paths."""
