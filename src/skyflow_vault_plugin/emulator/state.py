@@ -133,7 +133,9 @@ class EmulatorState:
         """The PEM public key that verifies the access tokens this emulator issues."""
         return (
             self.signing_key.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             .decode("ascii")
         )
 

@@ -32,7 +32,14 @@ CLOCK_SKEW = 30
 _SCOPE = re.compile(r"role:[^\s:]+(?: role:[^\s:]+)*")
 _CTX_KEY = re.compile(r"[A-Za-z0-9_]+")
 _KNOWN_BODY_KEYS = frozenset(
-    {"grant_type", "assertion", "scope", "subject_token", "subject_token_type", "requested_token_use"}
+    {
+        "grant_type",
+        "assertion",
+        "scope",
+        "subject_token",
+        "subject_token_type",
+        "requested_token_use",
+    }
 )
 # token exchange (delegation/impersonation) is not emulated; the SDK sends these as absent
 _UNSUPPORTED_BODY_KEYS = ("subject_token", "subject_token_type", "requested_token_use")
@@ -127,13 +134,9 @@ def _verified_claims(
     assertion: str, account: Account, unverified: Mapping[str, Any], now: float
 ) -> dict[str, Any]:
     cid = account.client_id
-    if unverified.get("sub") != cid:
-        raise Rejected(401, "Invalid credentials: sub must equal iss (the client ID)", cid)
+    # the key claim selects the verification key, so it is checked before the signature
     if unverified.get("key") != account.key_id:
         raise Rejected(401, "Invalid credentials: key ID does not match the client", cid)
-    aud = unverified.get("aud")
-    if not isinstance(aud, str) or aud != account.token_uri:
-        raise Rejected(401, "Invalid credentials: aud must be the account's token URI", cid)
     try:
         claims: dict[str, Any] = jwt.decode(
             assertion,
@@ -145,11 +148,18 @@ def _verified_claims(
     except jwt.MissingRequiredClaimError:
         raise Rejected(400, "assertion claim exp is required", cid) from None
     except jwt.InvalidSignatureError:
-        raise Rejected(401, "Invalid credentials: assertion signature does not verify", cid) from None
+        raise Rejected(
+            401, "Invalid credentials: assertion signature does not verify", cid
+        ) from None
     except jwt.ExpiredSignatureError:
         raise Rejected(401, "Invalid credentials: assertion has expired", cid) from None
     except jwt.PyJWTError as exc:
         raise Rejected(400, f"Invalid assertion: {exc}", cid) from None
+    if claims.get("sub") != cid:
+        raise Rejected(401, "Invalid credentials: sub must equal iss (the client ID)", cid)
+    aud = claims.get("aud")
+    if not isinstance(aud, str) or aud != account.token_uri:
+        raise Rejected(401, "Invalid credentials: aud must be the account's token URI", cid)
     exp = claims["exp"]
     if exp > now + MAX_ASSERTION_LIFETIME + CLOCK_SKEW:
         raise Rejected(400, "assertion exp must be at most 60 minutes ahead", cid)

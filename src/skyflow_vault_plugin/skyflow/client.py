@@ -104,9 +104,7 @@ def validate_ctx(ctx: object) -> str | int | float | bool | dict[str, JSONValue]
         value = {key: _json_value(item, 1) for key, item in ctx.items()}
         _check_size(value)
         return value
-    raise InvalidContext(
-        f"must be a string, number, boolean or map, not {type(ctx).__name__}"
-    )
+    raise InvalidContext(f"must be a string, number, boolean or map, not {type(ctx).__name__}")
 
 
 def canonical_ctx(ctx: object) -> str:
@@ -468,7 +466,9 @@ def _classify(response: httpx.Response, *, issued_at: float) -> _Outcome:
                 status=status,
                 request_id=request_id,
                 error=SkyflowUnavailable(
-                    "Skyflow returned a malformed token response", status=status, request_id=request_id
+                    "Skyflow returned a malformed token response",
+                    status=status,
+                    request_id=request_id,
                 ),
             )
         return _Outcome(status=status, request_id=request_id, token=token)

@@ -121,7 +121,8 @@ class Backend:
             raise UnsupportedPath(f"unsupported path: {request.path!r}")
         path, groups = routed
         request.match = groups
-        handler = path.operations.get(_as_operation(request.operation))
+        operation = _as_operation(request.operation)
+        handler = path.operations.get(operation) if operation is not None else None
         if handler is None:
             raise UnsupportedOperation(
                 f"unsupported operation {request.operation!r} on {request.path!r}"
@@ -177,11 +178,11 @@ class Backend:
             await self._cleanup()
 
 
-def _as_operation(value: str) -> Operation | str:
+def _as_operation(value: str) -> Operation | None:
     try:
         return Operation(value)
     except ValueError:
-        return value
+        return None
 
 
 BackendFactory = Callable[[BackendConfig], Awaitable[Backend]]

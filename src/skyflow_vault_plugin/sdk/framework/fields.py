@@ -145,7 +145,7 @@ def parse_bool(name: str, raw: object) -> bool:
 
 
 def parse_duration(name: str, raw: object) -> int:
-    """A non-negative duration in whole seconds: ``90``, ``"90"``, ``"90s"``, ``"5m"``, ``"1h30m"``."""
+    """A non-negative duration in whole seconds: ``90``, ``"90s"``, ``"5m"``, ``"1h30m"``."""
     if isinstance(raw, bool):
         raise FieldError(name, "expected a duration such as 90, '90s' or '5m'")
     seconds: float
@@ -179,7 +179,9 @@ def parse_comma_string_list(name: str, raw: object) -> list[str]:
     elif isinstance(raw, list):
         items = list(raw)
     else:
-        raise FieldError(name, f"expected a comma-separated string or a list, got {_json_type(raw)}")
+        raise FieldError(
+            name, f"expected a comma-separated string or a list, got {_json_type(raw)}"
+        )
     result: list[str] = []
     for item in items:
         if not isinstance(item, str):

@@ -52,9 +52,7 @@ def path_help(path: Path) -> str:
                 heading += ", required"
             lines.append(heading)
             lines.append("")
-            lines += [
-                "    " + row for row in textwrap.wrap(spec.description.strip(), 88) or [""]
-            ]
+            lines += ["    " + row for row in textwrap.wrap(spec.description.strip(), 88) or [""]]
             lines.append("")
     lines.append("## OPERATIONS")
     lines.append("")

@@ -54,9 +54,7 @@ class Broker(goplugin_grpc.GRPCBrokerBase):
         """A channel to the host's server for ``service_id``, waiting for its address."""
         slot = self._slot(service_id)
         try:
-            network, address = await asyncio.wait_for(
-                asyncio.shield(slot), BROKER_WAIT_SECONDS
-            )
+            network, address = await asyncio.wait_for(asyncio.shield(slot), BROKER_WAIT_SECONDS)
         except TimeoutError:
             raise TimeoutError(f"timeout waiting for broker connection {service_id}") from None
         finally:

@@ -55,9 +55,7 @@ def negotiate(env: Mapping[str, str]) -> HandshakeConfig:
     return HandshakeConfig(app_protocol=protocol, client_cert_pem=cert, automtls=automtls)
 
 
-def handshake_line(
-    *, app_protocol: int, socket_path: str, server_cert_der: bytes | None
-) -> str:
+def handshake_line(*, app_protocol: int, socket_path: str, server_cert_der: bytes | None) -> str:
     """``CORE|APP|unix|ADDRESS|grpc|CERT`` with the DER cert as unpadded base64."""
     cert = ""
     if server_cert_der is not None:

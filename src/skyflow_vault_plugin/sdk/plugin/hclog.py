@@ -15,9 +15,11 @@ _LEVELS = {
     logging.ERROR: "error",
     logging.CRITICAL: "error",
 }
-_STANDARD_ATTRS = set(
-    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "taskName"}
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class HclogFormatter(logging.Formatter):
@@ -48,6 +50,12 @@ def configure_logging(level: str | None) -> None:
     handler.setFormatter(HclogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    names = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-             "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+    names = {
+        "trace": logging.DEBUG,
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warn": logging.WARNING,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+    }
     root.setLevel(names.get((level or "info").lower(), logging.INFO))

@@ -8,7 +8,8 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from ..framework.errors import ReadOnlyStorageError, StorageError
 from ..framework.storage import StorageEntry
 from ..framework.system_view import Alias, Entity, Group
-from .pb import backend_grpc, backend_pb2 as pb
+from .pb import backend_grpc
+from .pb import backend_pb2 as pb
 
 _NANOSECONDS = 1_000_000_000
 _READONLY_MARKERS = ("readonly", "read-only", "read only")

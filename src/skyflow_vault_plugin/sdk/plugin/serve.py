@@ -12,7 +12,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from grpclib.health.service import Health
+from grpclib._typing import IServable
 from grpclib.server import Server
 
 from ..framework.backend import BackendFactory
@@ -22,6 +22,7 @@ from .hclog import configure_logging
 from .services import (
     BackendService,
     ControllerService,
+    HealthService,
     MultiplexingService,
     StdioService,
     VersionService,
@@ -54,8 +55,13 @@ def serve(
     # Ctrl-C on the host's terminal reaches the whole process group: the host decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(environment.get("PLUGIN_LOG_LEVEL", "info"))
-    runner = _run(factory, version=version, multiplex=multiplex, client_cert=config.client_cert_pem,
-                  app_protocol=config.app_protocol)
+    runner = _run(
+        factory,
+        version=version,
+        multiplex=multiplex,
+        client_cert=config.client_cert_pem,
+        app_protocol=config.app_protocol,
+    )
     loop_factory = _loop_factory(environment)
     with asyncio.Runner(loop_factory=loop_factory) as asyncio_runner:
         return asyncio_runner.run(runner)
@@ -88,14 +94,14 @@ async def _run(
         tls = build_tls(client_cert)
     broker = Broker(tls.client if tls else None)
     backends = BackendService(factory, broker)
-    services = [
+    services: list[IServable] = [
         backends,
         broker,
         MultiplexingService(multiplex),
         VersionService(version),
         ControllerService(stop.set),
         StdioService(),
-        Health(),
+        HealthService(),
     ]
     server = Server(services)
     socket_dir = tempfile.mkdtemp(prefix="plugin")

@@ -7,7 +7,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from google.protobuf import empty_pb2
 from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.v1 import health_grpc, health_pb2
 from grpclib.server import Stream
 
 from ..framework.backend import Backend, BackendConfig, BackendFactory
@@ -23,13 +27,15 @@ from .codec import (
 from .host import GrpcStorage, GrpcSystemView
 from .pb import (
     backend_grpc,
-    backend_pb2 as pb,
     goplugin_grpc,
     goplugin_pb2,
     multiplexing_grpc,
     multiplexing_pb2,
     version_grpc,
     version_pb2,
+)
+from .pb import (
+    backend_pb2 as pb,
 )
 
 log = logging.getLogger("sdk.plugin")
@@ -262,7 +268,32 @@ class ControllerService(goplugin_grpc.GRPCControllerBase):
 class StdioService(goplugin_grpc.GRPCStdioBase):
     """Stdio forwarding: our logs already go to stderr, so the stream stays silent."""
 
-    async def StreamStdio(self, stream: Stream[object, goplugin_pb2.StdioData]) -> None:  # noqa: N802
+    async def StreamStdio(  # noqa: N802
+        self, stream: Stream[empty_pb2.Empty, goplugin_pb2.StdioData]
+    ) -> None:
         await stream.recv_message()
         await stream.send_initial_metadata()
         await asyncio.Event().wait()  # open until the host hangs up
+
+
+class HealthService(health_grpc.HealthBase):
+    """``grpc.health.v1``: go-plugin asks for the service named ``plugin``."""
+
+    SERVICES = frozenset({"", "plugin"})
+
+    async def Check(  # noqa: N802
+        self, stream: Stream[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        if request.service not in self.SERVICES:
+            raise GRPCError(Status.NOT_FOUND, f"unknown service {request.service!r}")
+        await stream.send_message(
+            health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+        )
+
+    async def Watch(  # noqa: N802
+        self, stream: Stream[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+    ) -> None:
+        await self.Check(stream)
+        await asyncio.Event().wait()  # the status never changes while the process lives

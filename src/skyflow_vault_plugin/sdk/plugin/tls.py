@@ -70,8 +70,10 @@ def _generate_certificate() -> tuple[bytes, bytes, bytes]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM), cert.public_bytes(
-        serialization.Encoding.DER
+    return (
+        key_pem,
+        cert.public_bytes(serialization.Encoding.PEM),
+        cert.public_bytes(serialization.Encoding.DER),
     )
 
 
