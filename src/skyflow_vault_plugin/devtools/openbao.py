@@ -69,6 +69,7 @@ __all__ = [
     "Readiness",
     "ServerError",
     "bao_binary",
+    "catalog_version",
     "controlled_environment",
     "free_port",
     "free_ports",
@@ -283,7 +284,8 @@ class PluginInfo:
         name: the catalog name.
         sha256: hex SHA-256 of the file, as registered.
         path: the file in the plugin directory (for a cluster: the leader's copy).
-        version: the version given at registration (``None``: the plugin's self-report).
+        version: the catalog version: the one given at registration, else the plugin's
+            self-reported one (``None`` when the entry has no version).
         command: the catalog ``command`` (the file name inside ``plugin_directory``).
         plugin_type: ``"secret"`` (or ``"auth"``/``"database"``).
     """
@@ -673,6 +675,19 @@ class OpenBaoServer:
             self._terminate()
             raise
 
+    def bring_up(self, *, ready: Readiness, timeout: float = 60.0) -> None:
+        """Take a process started with ``ready="listening"`` on to ``ready``.
+
+        Initialises (``auto_init`` nodes) or waits for ``retry_join`` (other nodes), unseals and
+        waits, exactly as :meth:`start` would have. Lets a cluster spawn all its nodes first.
+
+        Raises:
+            ServerError: the process is not running or a step timed out.
+        """
+        self._check_alive()
+        self._ready = ready
+        self._bring_up(timeout)
+
     def _spawn_listening(self, timeout: float) -> None:
         # A free port can be taken between choosing and binding it; retry with new ports
         # unless they are pinned (given by the caller, or part of raft data already).
@@ -733,6 +748,10 @@ class OpenBaoServer:
             lines.append(f"  node_id = {_hcl(self._node_id)}")
             # 1 instead of the default 5: init in ~2 s instead of ~7 s, elections in ~1-3 s.
             lines.append("  performance_multiplier = 1")
+            # Autopilot reconciles every 10 s by default, which is what promotes joined nodes
+            # to voters; a test cluster should not wait that long.
+            lines.append('  autopilot_reconcile_interval = "1s"')
+            lines.append('  autopilot_update_interval = "500ms"')
             for leader in self._retry_join:
                 lines.append(f"  retry_join {{ leader_api_addr = {_hcl(leader)} }}")
             lines.append("}")
@@ -1015,12 +1034,30 @@ def install_plugin(
         name=name,
         sha256=digest,
         path=path,
-        version=version,
+        version=version or catalog_version(server.client(), name, digest, plugin_type),
         command=command,
         plugin_type=plugin_type,
     )
     server.record_plugin(info)
     return info
+
+
+def catalog_version(
+    client: BaoClient, name: str, sha256: str, plugin_type: str = "secret"
+) -> str | None:
+    """The version the catalog stored for an entry registered without one.
+
+    2.7.2 stores such an entry under the plugin's self-reported version (empty when the
+    plugin reports none, or is not a plugin at all). ``None`` when it is empty or not found.
+    """
+    for entry in client.catalog():
+        if (
+            entry.get("name") == name
+            and entry.get("type") == plugin_type
+            and entry.get("sha256") == sha256
+        ):
+            return str(entry.get("version") or "") or None
+    return None
 
 
 def reload_plugin(server: OpenBaoServer, name: str, *, scope: str | None = None) -> str:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .errors import FieldError, LogicalError, UnsupportedOperation, UnsupportedPath
+from .errors import BadRequest, FieldError, LogicalError, UnsupportedOperation, UnsupportedPath
 from .help import backend_help, path_help
 from .path import Path
 from .request import FieldData, Operation, Request
@@ -106,7 +106,7 @@ class Backend:
         raise :class:`LogicalError` (exact status) or any exception (reported as 500)."""
         try:
             return await self._handle(request)
-        except FieldError as exc:
+        except BadRequest as exc:
             return Response.error(exc.message)
 
     async def _handle(self, request: Request) -> Response | None:

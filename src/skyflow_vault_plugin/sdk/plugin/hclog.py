@@ -59,3 +59,6 @@ def configure_logging(level: str | None) -> None:
         "error": logging.ERROR,
     }
     root.setLevel(names.get((level or "info").lower(), logging.INFO))
+    # Per-request client logs would flood the host's log at INFO.
+    for chatty in ("httpx", "httpcore", "hpack", "h2"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -1,0 +1,154 @@
+"""``creds/<role>``: a Skyflow bearer token for a role, with its expiry.
+
+GET takes ``ctx`` from the query string (a string); POST/PUT take it from the body (a
+string or a map). Tokens are data, not leases: Skyflow tokens cannot be revoked, so the
+response says when the token expires (``expires_in``, ``expires_at``) and carries no lease.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from functools import partial
+from typing import Any
+
+from ..sdk.framework import (
+    BadRequest,
+    CodedError,
+    Field,
+    FieldData,
+    FieldType,
+    Operation,
+    OperationHandler,
+    Path,
+    Request,
+    Response,
+    name_part,
+)
+from .backend import SkyflowBackend
+from .client import IssuedToken, canonical_ctx
+from .ctx_policy import CtxPolicy, Identity, resolve_ctx
+from .errors import InvalidInput, SkyflowUnavailable, UpstreamError
+from .errors_http import to_logical
+from .storage import RoleEntry
+
+CREDS_FIELDS = {
+    "name": Field(FieldType.NAME, "Name of the role."),
+    "ctx": Field(
+        FieldType.STRING_OR_MAP,
+        "Context for Skyflow's context-aware policies: a string, or (POST/PUT) a JSON object "
+        "whose keys match ^[a-zA-Z0-9_]+$ and become request.context.<key> in Skyflow. The "
+        "role's ctx_mode, allowed_ctx_keys, required_ctx_keys and ctx_template apply.",
+    ),
+}
+
+
+def _rfc3339(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_data(token: IssuedToken, now: float | None = None) -> dict[str, Any]:
+    """The response fields describing ``token`` (the one actually returned)."""
+    current = time.time() if now is None else now
+    return {
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_in": int(token.expires_in(current)),
+        "expires_at": _rfc3339(token.expires_at),
+    }
+
+
+def _policy(role: RoleEntry) -> CtxPolicy:
+    return CtxPolicy(
+        mode=role.ctx_mode,
+        allowed_keys=frozenset(role.allowed_ctx_keys),
+        required_keys=frozenset(role.required_ctx_keys),
+        template=dict(role.ctx_template) or None,
+    )
+
+
+async def _identity(b: SkyflowBackend, req: Request) -> Identity:
+    if not req.entity_id:
+        return Identity(entity=None)
+    entity = await b.system_view.entity_info(req.entity_id)
+    groups = await b.system_view.groups_for_entity(req.entity_id) if entity else []
+    return Identity(entity=entity, groups=tuple(groups))
+
+
+async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+    name: str = data.get("name")
+    role = await b.get_role(name)
+    if role is None:
+        raise CodedError(404, f"role {name!r} does not exist")
+    config = await b.get_config()
+    if config is None:
+        raise BadRequest("this mount is not configured: write its service account to config")
+    try:
+        ctx = await resolve_ctx(_policy(role), data.get("ctx"), partial(_identity, b, req))
+        key = (name, canonical_ctx(ctx))
+    except InvalidInput as exc:
+        raise to_logical(exc) from None
+    if role.cache_tokens:
+        cached = b.cache.get(key, min_remaining=role.min_remaining_ttl)
+        if cached is not None:
+            return Response(data=token_data(cached))
+    generation = (b.generations.config, b.generations.role(name))
+
+    async def mint() -> IssuedToken:
+        account = await b.account(config)
+        token = await b.mint(account, role.role_ids, ctx)
+        # Keep it only if neither the config nor the role changed while we waited.
+        current = (b.generations.config, b.generations.role(name))
+        if role.cache_tokens and current == generation:
+            b.cache.put(key, token, generation)
+        return token
+
+    try:
+        if role.cache_tokens:
+            token, _joined = await b.cache.single_flight(key, mint)
+        else:
+            token = await mint()
+    except SkyflowUnavailable as exc:
+        stale = b.cache.get_valid(key) if role.cache_tokens else None
+        if stale is None:
+            raise to_logical(exc) from None
+        response = Response(data=token_data(stale))
+        response.add_warning(
+            "Skyflow is unavailable; returning a cached token that is still valid but below "
+            "the role's min_remaining_ttl"
+        )
+        return response
+    except (InvalidInput, UpstreamError) as exc:
+        raise to_logical(exc) from None
+    return Response(data=token_data(token))
+
+
+def creds_paths(b: SkyflowBackend) -> list[Path]:
+    """The ``creds/<name>`` path."""
+    handler = partial(_issue, b)
+    return [
+        Path(
+            pattern=f"creds/{name_part('name')}",
+            fields=CREDS_FIELDS,
+            reject_unknown_fields=True,
+            operations={
+                Operation.READ: OperationHandler(handler, "Get a token for the role."),
+                Operation.UPDATE: OperationHandler(
+                    handler, "Get a token for the role, with ctx in the body."
+                ),
+            },
+            help_synopsis="Get a Skyflow bearer token scoped to a role.",
+            help_description="""
+            Returns access_token, token_type, expires_in (seconds) and expires_at (RFC 3339).
+            A token is reused while it stays valid for at least the role's
+            min_remaining_ttl, so callers should refresh when expires_in runs low.
+
+            Errors: 404 unknown role; 400 mount not configured or invalid ctx (the field is
+            named); 502 Skyflow rejected the service account (Skyflow's message and request
+            ID included); 503 Skyflow unreachable, timing out, failing or rate-limiting after
+            retries. While Skyflow is unavailable, a cached token that is still valid is
+            returned with a warning.
+            """,
+        )
+    ]

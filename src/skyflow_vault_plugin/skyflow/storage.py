@@ -1,0 +1,109 @@
+"""What the engine stores: the mount's config and its roles, each with a schema version.
+
+Entries are JSON. ``schema_version`` lets a later release migrate entries it reads; an
+entry from a newer release than this one is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..sdk.framework import Storage, StorageEntry, StorageError
+
+CONFIG_KEY = "config"
+ROLE_PREFIX = "roles/"
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> str:
+    """The current time in RFC 3339 with a ``Z`` suffix, to the second."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_schema(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise StorageError(
+            f"stored {kind} has schema version {version!r}, newer than this plugin supports "
+            f"({SCHEMA_VERSION}); upgrade the plugin"
+        )
+    return raw
+
+
+@dataclass
+class ConfigEntry:
+    """The mount's Skyflow service account and its metadata.
+
+    With ``credentials_type == "json"`` the whole credentials JSON is stored (the host
+    seal-wraps it); with ``"file_path"`` only the path is, and the file is read when used.
+    ``client_id``, ``key_id`` and ``token_uri`` are copied from the credentials so that a
+    read can show them without touching the key.
+    """
+
+    credentials_type: str
+    credentials_json: str | None = None
+    credentials_file_path: str | None = None
+    client_id: str = ""
+    client_name: str | None = None
+    key_id: str = ""
+    token_uri: str = ""
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    version: int = 0
+    last_updated: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ConfigEntry:
+        raw = _check_schema("config", raw)
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class RoleEntry:
+    """A named set of Skyflow role IDs and how tokens for it are minted and reused."""
+
+    name: str
+    role_ids: list[str]
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    min_remaining_ttl: int = 600
+    cache_tokens: bool = True
+    ctx_mode: str = "free"
+    allowed_ctx_keys: list[str] = field(default_factory=list)
+    required_ctx_keys: list[str] = field(default_factory=list)
+    ctx_template: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RoleEntry:
+        raw = _check_schema("role", raw)
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+async def load_config(storage: Storage) -> ConfigEntry | None:
+    """The stored config, or ``None``."""
+    entry = await storage.get(CONFIG_KEY)
+    return ConfigEntry.from_json(entry.json()) if entry else None
+
+
+async def save_config(storage: Storage, config: ConfigEntry) -> None:
+    """Store the config, seal-wrapped."""
+    await storage.put(StorageEntry.from_json(CONFIG_KEY, asdict(config), seal_wrap=True))
+
+
+async def load_role(storage: Storage, name: str) -> RoleEntry | None:
+    """The stored role, or ``None``."""
+    entry = await storage.get(ROLE_PREFIX + name)
+    return RoleEntry.from_json(entry.json()) if entry else None
+
+
+async def save_role(storage: Storage, role: RoleEntry) -> None:
+    """Store a role, seal-wrapped."""
+    await storage.put(StorageEntry.from_json(ROLE_PREFIX + role.name, asdict(role), seal_wrap=True))

@@ -1,0 +1,326 @@
+"""Parsing and validation of Skyflow service-account credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from skyflow_vault_plugin.skyflow.credentials import (
+    ServiceAccount,
+    load_credentials_file,
+    parse_credentials,
+    token_endpoint,
+)
+from skyflow_vault_plugin.skyflow.errors import CredentialsError, InvalidInput, SkyflowError
+
+TOKEN_URI = "https://manage.skyflowapis.test/v1/auth/sa/oauth/token"
+
+
+def _pem(key: Any, fmt: serialization.PrivateFormat) -> str:
+    pem: bytes = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    return pem.decode()
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def pkcs8(rsa_key: rsa.RSAPrivateKey) -> str:
+    return _pem(rsa_key, serialization.PrivateFormat.PKCS8)
+
+
+@pytest.fixture
+def creds(pkcs8: str) -> dict[str, Any]:
+    return {
+        "clientID": "c0ffee0123456789",
+        "clientName": "test account",
+        "tokenURI": TOKEN_URI,
+        "keyID": "k3y0123456789",
+        "privateKey": pkcs8,
+    }
+
+
+def _snake(creds: dict[str, Any]) -> dict[str, Any]:
+    names = {
+        "clientID": "client_id",
+        "clientName": "client_name",
+        "tokenURI": "token_uri",
+        "keyID": "key_id",
+        "privateKey": "private_key",
+    }
+    return {names[k]: v for k, v in creds.items()}
+
+
+def _fails(raw: Any, field: str, **kwargs: Any) -> CredentialsError:
+    with pytest.raises(CredentialsError) as info:
+        parse_credentials(raw, **kwargs)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+    return info.value
+
+
+def _assert_account(account: ServiceAccount, rsa_key: rsa.RSAPrivateKey) -> None:
+    assert account.client_id == "c0ffee0123456789"
+    assert account.client_name == "test account"
+    assert account.key_id == "k3y0123456789"
+    assert account.token_uri == TOKEN_URI
+    assert account.private_key.private_numbers() == rsa_key.private_numbers()
+
+
+def test_camel_case_mapping(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
+    _assert_account(parse_credentials(creds), rsa_key)
+
+
+def test_snake_case_mapping(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
+    _assert_account(parse_credentials(_snake(creds)), rsa_key)
+
+
+@pytest.mark.parametrize("indent", [None, 2, "\t"])
+def test_json_text_compact_or_pretty(
+    creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey, indent: Any
+) -> None:
+    text = json.dumps(creds, indent=indent)
+    _assert_account(parse_credentials(text), rsa_key)
+    _assert_account(parse_credentials(text.encode()), rsa_key)
+
+
+def test_pem_with_literal_newlines_in_json(
+    creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # some tools paste the PEM unescaped; the SDK tolerates it and so do we
+    text = json.dumps(creds).replace("\\n", "\n")
+    _assert_account(parse_credentials(text), rsa_key)
+
+
+def test_client_name_is_optional(creds: dict[str, Any]) -> None:
+    del creds["clientName"]
+    assert parse_credentials(creds).client_name is None
+
+
+def test_pkcs1_key(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
+    creds["privateKey"] = _pem(rsa_key, serialization.PrivateFormat.TraditionalOpenSSL)
+    assert creds["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    _assert_account(parse_credentials(creds), rsa_key)
+
+
+@pytest.mark.parametrize("key", ["clientID", "keyID", "tokenURI", "privateKey"])
+def test_missing_required_field(creds: dict[str, Any], key: str) -> None:
+    del creds[key]
+    error = _fails(creds, f"credentials_json.{key}")
+    assert "required" in str(error)
+
+
+@pytest.mark.parametrize("key", ["clientID", "keyID", "tokenURI", "privateKey", "clientName"])
+def test_wrong_type_names_field(creds: dict[str, Any], key: str) -> None:
+    creds[key] = 12
+    _fails(creds, f"credentials_json.{key}")
+
+
+def test_snake_case_errors_name_the_key_as_written(creds: dict[str, Any]) -> None:
+    snake = _snake(creds)
+    snake["token_uri"] = "http://insecure.test/token"
+    _fails(snake, "credentials_json.token_uri")
+
+
+def test_field_prefix(creds: dict[str, Any]) -> None:
+    del creds["keyID"]
+    _fails(creds, "config.credentials.keyID", field_prefix="config.credentials")
+
+
+def test_blank_ids_refused(creds: dict[str, Any]) -> None:
+    creds["clientID"] = "   "
+    _fails(creds, "credentials_json.clientID")
+
+
+def test_both_spellings_refused(creds: dict[str, Any]) -> None:
+    creds["client_id"] = "other"
+    _fails(creds, "credentials_json.clientID")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://manage.skyflowapis.test/v1/auth/sa/oauth/token",
+        "/v1/auth/sa/oauth/token",
+        "manage.skyflowapis.test/v1/auth/sa/oauth/token",
+        "https://",
+        "https:///v1/auth/sa/oauth/token",
+        "https://user:pw@manage.skyflowapis.test/token",
+        "https://manage.skyflowapis.test:notaport/token",
+        "https://manage.skyflowapis.test:0/token",
+        "ftp://manage.skyflowapis.test/token",
+        "",
+    ],
+)
+def test_token_uri_must_be_absolute_https(creds: dict[str, Any], uri: str) -> None:
+    creds["tokenURI"] = uri
+    _fails(creds, "credentials_json.tokenURI")
+
+
+def test_token_uri_with_port_accepted(creds: dict[str, Any]) -> None:
+    creds["tokenURI"] = "https://127.0.0.1:8443/v1/auth/sa/oauth/token"
+    assert parse_credentials(creds).token_uri == creds["tokenURI"]
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        "not a key",
+        "-----BEGIN PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----\n",
+        "",
+    ],
+)
+def test_garbage_pem_refused(creds: dict[str, Any], pem: str) -> None:
+    creds["privateKey"] = pem
+    _fails(creds, "credentials_json.privateKey")
+
+
+def test_ec_key_refused(creds: dict[str, Any]) -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    creds["privateKey"] = _pem(ec_key, serialization.PrivateFormat.PKCS8)
+    error = _fails(creds, "credentials_json.privateKey")
+    assert "RSA" in str(error)
+
+
+def test_small_rsa_key_refused(creds: dict[str, Any]) -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    creds["privateKey"] = _pem(small, serialization.PrivateFormat.PKCS8)
+    _fails(creds, "credentials_json.privateKey")
+
+
+def test_encrypted_key_refused(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
+    creds["privateKey"] = rsa_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    ).decode()
+    error = _fails(creds, "credentials_json.privateKey")
+    assert "encrypted" in str(error)
+
+
+def test_oversized_key_refused(creds: dict[str, Any]) -> None:
+    creds["privateKey"] = "-----BEGIN PRIVATE KEY-----\n" + "A" * 70_000
+    _fails(creds, "credentials_json.privateKey")
+
+
+@pytest.mark.parametrize("text", ["[]", "42", '"text"', "null", "true"])
+def test_json_must_be_an_object(text: str) -> None:
+    error = _fails(text, "credentials_json")
+    assert "object" in str(error)
+
+
+@pytest.mark.parametrize("text", ["{", "{'clientID': 1}", "", "   ", "\xff"])
+def test_invalid_json(text: str) -> None:
+    _fails(text, "credentials_json")
+
+
+def test_invalid_utf8_bytes() -> None:
+    _fails(b"\xff\xfe{", "credentials_json")
+
+
+def test_errors_never_contain_the_key(creds: dict[str, Any], pkcs8: str) -> None:
+    body_line = pkcs8.splitlines()[1]
+    broken = dict(creds, tokenURI="http://x")
+    cases: list[Any] = [broken, json.dumps(broken), json.dumps(creds)[:-5]]
+    for raw in cases:
+        with pytest.raises(CredentialsError) as info:
+            parse_credentials(raw)
+        assert body_line not in str(info.value)
+        assert "PRIVATE KEY" not in str(info.value)
+
+
+def test_error_tree(creds: dict[str, Any]) -> None:
+    del creds["clientID"]
+    with pytest.raises(CredentialsError) as info:
+        parse_credentials(creds)
+    assert isinstance(info.value, InvalidInput)
+    assert isinstance(info.value, SkyflowError)
+    assert isinstance(info.value, ValueError)
+
+
+def test_repr_hides_the_key(creds: dict[str, Any], pkcs8: str) -> None:
+    account = parse_credentials(creds)
+    text = repr(account)
+    assert "<redacted>" in text
+    assert pkcs8.splitlines()[1] not in text
+    assert "c0ffee0123456789" in text
+
+
+def test_equality_follows_the_key(creds: dict[str, Any]) -> None:
+    first = parse_credentials(creds)
+    assert parse_credentials(json.dumps(creds)) == first
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    creds["privateKey"] = _pem(other, serialization.PrivateFormat.PKCS8)
+    assert parse_credentials(creds) != first
+
+
+@pytest.mark.parametrize(
+    ("uri", "endpoint"),
+    [
+        (TOKEN_URI, "https://manage.skyflowapis.test/v1/auth/sa/oauth/token"),
+        ("https://h.test:8443/other/path?q=1", "https://h.test:8443/v1/auth/sa/oauth/token"),
+        ("https://h.test", "https://h.test/v1/auth/sa/oauth/token"),
+    ],
+)
+def test_token_endpoint(uri: str, endpoint: str) -> None:
+    assert token_endpoint(uri) == endpoint
+
+
+def test_account_token_endpoint(creds: dict[str, Any]) -> None:
+    creds["tokenURI"] = "https://h.test:8443/anything"
+    assert parse_credentials(creds).token_endpoint == "https://h.test:8443/v1/auth/sa/oauth/token"
+
+
+def test_load_credentials_file(
+    tmp_path: Path, creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps(creds, indent=4))
+    _assert_account(load_credentials_file(path), rsa_key)
+    _assert_account(load_credentials_file(str(path)), rsa_key)
+
+
+def test_load_credentials_file_needs_absolute_path() -> None:
+    with pytest.raises(CredentialsError) as info:
+        load_credentials_file("relative/creds.json")
+    assert info.value.field == "credentials_file_path"
+
+
+def test_load_credentials_file_errors(tmp_path: Path, creds: dict[str, Any], pkcs8: str) -> None:
+    with pytest.raises(CredentialsError, match="does not exist") as info:
+        load_credentials_file(tmp_path / "missing.json")
+    assert info.value.field == "credentials_file_path"
+
+    with pytest.raises(CredentialsError, match="directory") as info:
+        load_credentials_file(tmp_path)
+    assert info.value.field == "credentials_file_path"
+
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.json"
+        locked.write_text("{}")
+        locked.chmod(0)
+        with pytest.raises(CredentialsError, match="not readable"):
+            load_credentials_file(locked)
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(creds, tokenURI="http://x")))
+    with pytest.raises(CredentialsError) as info:
+        load_credentials_file(bad)
+    assert info.value.field == "credentials_file_path.tokenURI"
+    assert pkcs8.splitlines()[1] not in str(info.value)
+
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text(json.dumps(creds)[:-3])
+    with pytest.raises(CredentialsError) as info:
+        load_credentials_file(garbled)
+    assert info.value.field == "credentials_file_path"
+    assert "PRIVATE" not in str(info.value)

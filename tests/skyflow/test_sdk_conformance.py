@@ -1,0 +1,155 @@
+"""Our token exchange asks Skyflow exactly what the official Python SDK asks.
+
+Both clients mint a token from the same service account against the emulator subprocess over
+real HTTPS; the emulator records what each sent, and the records must match (apart from the
+``exp`` value, which depends on when each signed).
+
+The SDK used is ``skyflow.service_account.generate_bearer_token_from_creds`` (and
+``generate_bearer_token`` for a credentials file), with the ``role_ids`` and ``ctx`` options.
+The SDK's HTTP client (httpx, ``trust_env``) trusts the emulator's CA through ``SSL_CERT_FILE``;
+so does our ``TokenClient``.
+
+What the SDK cannot do, and so is not compared here: pretty-printed credentials JSON (it
+rewrites newlines before parsing, so only compact JSON works), deadlines, retries and error
+details (it flattens errors into one generic message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from skyflow.error import SkyflowError as SDKError
+from skyflow.service_account import generate_bearer_token, generate_bearer_token_from_creds
+from skyflow.utils.enums import LogLevel
+from skyflow.utils.logger import Logger
+
+from skyflow_vault_plugin.emulator import EmulatorProcess
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
+from skyflow_vault_plugin.skyflow.credentials import parse_credentials
+from skyflow_vault_plugin.skyflow.errors import SkyflowRejected
+
+QUIET = Logger(LogLevel.OFF)
+POLICY = ExchangePolicy(deadline=20.0)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorProcess]:
+    with EmulatorProcess(accounts=1) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def creds(emulator: EmulatorProcess) -> dict[str, str]:
+    return emulator.admin.create_account("conformance")
+
+
+@pytest.fixture(autouse=True)
+def _trust(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", emulator.ca_file)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    emulator.admin.reset()
+
+
+def _sdk_options(role_ids: list[str], ctx: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {"role_ids": role_ids}
+    if ctx is not _NO_CTX:
+        options["ctx"] = ctx
+    return options
+
+
+_NO_CTX = object()
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    claims = dict(record["claims"])
+    exp = claims.pop("exp")
+    assert isinstance(exp, int)
+    return {
+        "client_id": record["client_id"],
+        "header": record["header"],
+        "claims": claims,
+        "scope": record["scope"],
+        "role_ids": record["role_ids"],
+        "has_ctx": record["has_ctx"],
+        "ctx": record["ctx"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("role_ids", "ctx"),
+    [
+        pytest.param([], _NO_CTX, id="no-roles-no-ctx"),
+        pytest.param(["role1"], _NO_CTX, id="one-role"),
+        pytest.param(["role1", "role2", "role3"], "user_123", id="roles-string-ctx"),
+        pytest.param(["r1"], {"user_id": "u1", "tier": 3, "vip": True}, id="map-ctx"),
+        pytest.param(["r1"], {"org": {"team": "a"}, "ids": [1, 2]}, id="nested-map-ctx"),
+        pytest.param([], 42, id="number-ctx"),
+        pytest.param([], 2.5, id="float-ctx"),
+        pytest.param(["r1"], False, id="bool-ctx"),
+        pytest.param(["r1"], "", id="empty-string-ctx-dropped"),
+        pytest.param(["r1"], "   ", id="blank-string-ctx-dropped"),
+        pytest.param([], {}, id="empty-map-ctx-dropped"),
+    ],
+)
+async def test_same_request_as_the_sdk(
+    emulator: EmulatorProcess, creds: dict[str, str], role_ids: list[str], ctx: Any
+) -> None:
+    # the SDK replaces raw newlines before json.loads, so it needs compact JSON
+    sdk_token, sdk_type = await asyncio.to_thread(
+        generate_bearer_token_from_creds,
+        json.dumps(creds),
+        _sdk_options(role_ids, ctx),
+        QUIET,
+    )
+    assert sdk_type == "Bearer"
+    account = parse_credentials(creds)
+    async with TokenClient(POLICY) as client:
+        ours = await client.exchange(account, role_ids, None if ctx is _NO_CTX else ctx)
+    assert ours.token_type == sdk_type
+
+    stats = emulator.admin.stats()
+    assert (stats["successes"], stats["failures"]) == (2, 0)
+    sdk_record, our_record = stats["requests"]
+    assert _comparable(our_record) == _comparable(sdk_record)
+    assert abs(our_record["claims"]["exp"] - sdk_record["claims"]["exp"]) <= 5
+    # body keys differ in one harmless way: the SDK sends "scope": null without role IDs,
+    # we leave the key out
+    assert set(our_record["body_keys"]) <= set(sdk_record["body_keys"])
+
+
+async def test_credentials_file_like_the_sdk(emulator: EmulatorProcess) -> None:
+    path = emulator.account_files[0]
+    sdk_token, _ = await asyncio.to_thread(
+        generate_bearer_token, path, {"role_ids": ["a", "b"], "ctx": "u"}, QUIET
+    )
+    from skyflow_vault_plugin.skyflow.credentials import load_credentials_file
+
+    async with TokenClient(POLICY) as client:
+        await client.exchange(load_credentials_file(path), ["a", "b"], "u")
+    sdk_record, our_record = emulator.admin.stats()["requests"]
+    assert _comparable(our_record) == _comparable(sdk_record)
+
+
+async def test_both_refused_on_bad_credentials(
+    emulator: EmulatorProcess, creds: dict[str, str]
+) -> None:
+    emulator.admin.set_faults(reject=True)
+    with pytest.raises(SDKError):
+        await asyncio.to_thread(generate_bearer_token_from_creds, json.dumps(creds), None, QUIET)
+    async with TokenClient(POLICY) as client:
+        with pytest.raises(SkyflowRejected) as info:
+            await client.exchange(parse_credentials(creds))
+    # unlike the SDK's generic error, ours keeps Skyflow's status and request id
+    assert info.value.status == 401
+    assert info.value.request_id == emulator.admin.stats()["rejections"][-1]["request_id"]
+
+
+def test_sdk_cannot_read_pretty_json(creds: dict[str, str]) -> None:
+    # documents why we parse credentials ourselves: the SDK rejects what Skyflow users paste
+    with pytest.raises(SDKError):
+        generate_bearer_token_from_creds(json.dumps(creds, indent=2), None, QUIET)
+    assert parse_credentials(json.dumps(creds, indent=2)).client_id == creds["clientID"]
