@@ -8,18 +8,29 @@ local write updates it; the host's ``InvalidateKey`` (a write made elsewhere) dr
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..sdk.framework import Backend, BackendConfig, SpecialPaths, Storage, SystemView
+from ..sdk.framework import (
+    Backend,
+    BackendConfig,
+    BackendFactory,
+    SpecialPaths,
+    Storage,
+    SystemView,
+)
 from . import storage as store
-from .cache import TokenCache
+from .cache import DEFAULT_MAX_ENTRIES, TokenCache
 from .client import ExchangePolicy, IssuedToken, TokenClient
 from .credentials import ServiceAccount, load_credentials_file, parse_credentials
 from .storage import ConfigEntry, RoleEntry
+
+if TYPE_CHECKING:
+    import httpx
 
 PLUGIN_VERSION = f"v{__version__}"
 
@@ -33,6 +44,28 @@ expiry. "health" reports whether the mount works, down to Skyflow.
 """
 
 HEALTH_CACHE_KEY = ("", "")  # the unscoped token health checks reuse; no role has this name
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Process-wide settings, read once from the environment given at registration.
+
+    ``SKYFLOW_TOKEN_CACHE_MAX_ENTRIES`` caps each mount's token cache (default 10000);
+    ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries included (seconds,
+    default 30, below Vault's 90 s request limit). ``transport`` lets tests put Skyflow
+    in-process.
+    """
+
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    policy: ExchangePolicy = field(default_factory=ExchangePolicy)
+    transport: httpx.AsyncBaseTransport | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
+        """Settings from environment variables, falling back to defaults."""
+        entries = int(env.get("SKYFLOW_TOKEN_CACHE_MAX_ENTRIES", DEFAULT_MAX_ENTRIES))
+        deadline = float(env.get("SKYFLOW_REQUEST_DEADLINE", ExchangePolicy.deadline))
+        return cls(cache_max_entries=entries, policy=ExchangePolicy(deadline=deadline))
 
 
 @dataclass
@@ -61,20 +94,19 @@ UNLOADED = _Unloaded()
 class SkyflowBackend:
     """One mount of the engine."""
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings.from_env(os.environ)
         self.storage: Storage = config.storage
         self.system_view: SystemView = config.system_view
         self.logger = config.logger
-        self.cache = TokenCache(int(os.environ.get("SKYFLOW_TOKEN_CACHE_MAX_ENTRIES", "10000")))
-        self.policy = ExchangePolicy()
+        self.cache = TokenCache(self.settings.cache_max_entries)
+        self.policy = self.settings.policy
         self.generations = _Generations()
         self._config: ConfigEntry | _Unloaded | None = UNLOADED
         self._account: ServiceAccount | None = None
         self._account_source: object = None
         self._roles: dict[str, RoleEntry | None] = {}
         self._client: TokenClient | None = None
-        self._lock = asyncio.Lock()
-        self.mount_point = ""
 
     # -- config ----------------------------------------------------------------------------
 
@@ -132,7 +164,7 @@ class SkyflowBackend:
     def client(self) -> TokenClient:
         """The mount's Skyflow client (one connection pool), created on first use."""
         if self._client is None or self._client.closed:
-            self._client = TokenClient(self.policy)
+            self._client = TokenClient(self.policy, transport=self.settings.transport)
         return self._client
 
     async def mint(self, account: ServiceAccount, role_ids: list[str], ctx: object) -> IssuedToken:
@@ -172,15 +204,27 @@ def _account_source(config: ConfigEntry | None) -> object:
     return ("json", config.version)
 
 
+def make_factory(settings: EngineSettings | None = None) -> BackendFactory:
+    """A backend factory; ``settings`` default to the environment's."""
+
+    async def build(config: BackendConfig) -> Backend:
+        return build_backend(SkyflowBackend(config, settings), config)
+
+    return build
+
+
 async def factory(config: BackendConfig) -> Backend:
     """Build the engine for one mount (called by the plugin server on Setup)."""
+    return build_backend(SkyflowBackend(config), config)
+
+
+def build_backend(engine: SkyflowBackend, config: BackendConfig) -> Backend:
+    """The SDK backend serving ``engine``'s paths."""
     from .path_config import config_paths
     from .path_creds import creds_paths
     from .path_health import health_paths
     from .path_roles import role_paths
 
-    engine = SkyflowBackend(config)
-    logging.getLogger(__name__).debug("skyflow backend created")
     return Backend(
         help=BACKEND_HELP,
         storage=config.storage,
