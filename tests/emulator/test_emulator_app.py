@@ -152,9 +152,7 @@ async def test_token_lifetime_and_no_scope(
 
 
 @pytest.mark.parametrize("ctx", ["user", 5, 1.5, True, {"a_B_9": {"nested-ok": [1]}}])
-async def test_ctx_forms_accepted(
-    http: httpx.AsyncClient, creds: dict[str, str], ctx: Any
-) -> None:
+async def test_ctx_forms_accepted(http: httpx.AsyncClient, creds: dict[str, str], ctx: Any) -> None:
     response = await http.post(TOKEN_PATH, json=_body(_assertion(creds, ctx=ctx)))
     assert response.status_code == 200, response.text
 

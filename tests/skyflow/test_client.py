@@ -183,9 +183,9 @@ def test_issued_token_repr_and_expiry() -> None:
 def test_policy_validation() -> None:
     with pytest.raises(ValueError, match="90"):
         ExchangePolicy(deadline=90)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_attempts"):
         ExchangePolicy(max_attempts=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="connect_timeout"):
         ExchangePolicy(connect_timeout=0)
     policy = ExchangePolicy(backoff_base=1.0, backoff_max=3.0)
     assert all(0 <= policy.backoff(n) <= min(3.0, 2 ** (n - 1)) for n in range(1, 8))
@@ -249,7 +249,9 @@ async def test_invalid_input_fails_before_network(
     assert emulator.state.token_calls == 0
 
 
-async def test_retries_500_then_succeeds(emulator: InProcessEmulator, account: ServiceAccount) -> None:
+async def test_retries_500_then_succeeds(
+    emulator: InProcessEmulator, account: ServiceAccount
+) -> None:
     emulator.state.set_faults(Faults(fail_status=500, fail_count=2))
     seen: list[tuple[int | None, str | None, float]] = []
     async with TokenClient(
@@ -294,6 +296,7 @@ async def test_retry_after_past_deadline_gives_up_at_once(
     assert time.monotonic() - started < 1.0
     assert info.value.status == 429
     assert info.value.attempts == 1
+    assert "Retry-After of 60 s is past the deadline" in str(info.value)
     assert info.value.request_id == emulator.state.rejections[-1].request_id
 
 
@@ -387,10 +390,12 @@ async def test_cancellation_during_backoff(
     emulator: InProcessEmulator, account: ServiceAccount
 ) -> None:
     emulator.state.set_faults(Faults(fail_status=503, retry_after=2))
-    async with TokenClient(transport=emulator.transport()) as client:
+    attempted = asyncio.Event()
+    async with TokenClient(
+        transport=emulator.transport(), on_attempt=lambda *_: attempted.set()
+    ) as client:
         task = asyncio.create_task(client.exchange(account))
-        while emulator.state.token_calls == 0:
-            await asyncio.sleep(0.01)
+        await attempted.wait()  # the first attempt failed; the client now sleeps 2 s
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -192,7 +192,7 @@ def test_ec_key_refused(creds: dict[str, Any]) -> None:
 
 
 def test_small_rsa_key_refused(creds: dict[str, Any]) -> None:
-    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
     creds["privateKey"] = _pem(small, serialization.PrivateFormat.PKCS8)
     _fails(creds, "credentials_json.privateKey")
 

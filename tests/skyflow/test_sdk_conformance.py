@@ -17,22 +17,29 @@ details (it flattens errors into one generic message).
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import json
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from skyflow.error import SkyflowError as SDKError
-from skyflow.service_account import generate_bearer_token, generate_bearer_token_from_creds
-from skyflow.utils.enums import LogLevel
-from skyflow.utils.logger import Logger
 
 from skyflow_vault_plugin.emulator import EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
-from skyflow_vault_plugin.skyflow.credentials import parse_credentials
+from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected
 
-QUIET = Logger(LogLevel.OFF)
+# The SDK is untyped at its edges (no explicit re-exports); treat it as Any in one place.
+_sdk_sa: Any = importlib.import_module("skyflow.service_account")
+_sdk_errors: Any = importlib.import_module("skyflow.error")
+_sdk_logger: Any = importlib.import_module("skyflow.utils.logger")
+_sdk_enums: Any = importlib.import_module("skyflow.utils.enums")
+generate_bearer_token = _sdk_sa.generate_bearer_token
+generate_bearer_token_from_creds = _sdk_sa.generate_bearer_token_from_creds
+SDKError: type[Exception] = _sdk_errors.SkyflowError
+QUIET = _sdk_logger.Logger(_sdk_enums.LogLevel.OFF)
 POLICY = ExchangePolicy(deadline=20.0)
 
 
@@ -52,6 +59,20 @@ def _trust(emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", emulator.ca_file)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     emulator.admin.reset()
+
+
+def _sdk(function: Callable[..., Any], *args: Any) -> Any:
+    """Run an SDK call, then collect the HTTP client it leaks.
+
+    The SDK builds an ``httpx.Client`` per call and never closes it; its socket would raise a
+    ResourceWarning (an error under this project's warning filter) at some random later point.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            return function(*args)
+        finally:
+            gc.collect()
 
 
 def _sdk_options(role_ids: list[str], ctx: Any) -> dict[str, Any]:
@@ -99,7 +120,8 @@ async def test_same_request_as_the_sdk(
     emulator: EmulatorProcess, creds: dict[str, str], role_ids: list[str], ctx: Any
 ) -> None:
     # the SDK replaces raw newlines before json.loads, so it needs compact JSON
-    sdk_token, sdk_type = await asyncio.to_thread(
+    _, sdk_type = await asyncio.to_thread(
+        _sdk,
         generate_bearer_token_from_creds,
         json.dumps(creds),
         _sdk_options(role_ids, ctx),
@@ -123,11 +145,9 @@ async def test_same_request_as_the_sdk(
 
 async def test_credentials_file_like_the_sdk(emulator: EmulatorProcess) -> None:
     path = emulator.account_files[0]
-    sdk_token, _ = await asyncio.to_thread(
-        generate_bearer_token, path, {"role_ids": ["a", "b"], "ctx": "u"}, QUIET
+    await asyncio.to_thread(
+        _sdk, generate_bearer_token, path, {"role_ids": ["a", "b"], "ctx": "u"}, QUIET
     )
-    from skyflow_vault_plugin.skyflow.credentials import load_credentials_file
-
     async with TokenClient(POLICY) as client:
         await client.exchange(load_credentials_file(path), ["a", "b"], "u")
     sdk_record, our_record = emulator.admin.stats()["requests"]
@@ -139,7 +159,9 @@ async def test_both_refused_on_bad_credentials(
 ) -> None:
     emulator.admin.set_faults(reject=True)
     with pytest.raises(SDKError):
-        await asyncio.to_thread(generate_bearer_token_from_creds, json.dumps(creds), None, QUIET)
+        await asyncio.to_thread(
+            _sdk, generate_bearer_token_from_creds, json.dumps(creds), None, QUIET
+        )
     async with TokenClient(POLICY) as client:
         with pytest.raises(SkyflowRejected) as info:
             await client.exchange(parse_credentials(creds))
@@ -151,5 +173,5 @@ async def test_both_refused_on_bad_credentials(
 def test_sdk_cannot_read_pretty_json(creds: dict[str, str]) -> None:
     # documents why we parse credentials ourselves: the SDK rejects what Skyflow users paste
     with pytest.raises(SDKError):
-        generate_bearer_token_from_creds(json.dumps(creds, indent=2), None, QUIET)
+        _sdk(generate_bearer_token_from_creds, json.dumps(creds, indent=2), None, QUIET)
     assert parse_credentials(json.dumps(creds, indent=2)).client_id == creds["clientID"]

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_ASSERTION_LIFETIME",
     "Rejected",
     "VerifiedRequest",
+    "peek_client_id",
     "verify_token_request",
 ]
 

@@ -1,9 +1,10 @@
 """The Skyflow token exchange: build the signed assertion and trade it for a bearer token.
 
-This follows what the official SDKs do (see ``docs``/anchors, section 3) but owns its HTTP
-client: one pooled ``httpx.AsyncClient`` per mount, bounded timeouts, a total deadline, retries
-with exponential backoff and full jitter on transient failures, and Skyflow's status, message
-and request id kept in the raised :mod:`.errors`.
+The request is the one the official Skyflow SDKs send (same claims, header, body and scope
+format; ``tests/skyflow/test_sdk_conformance.py`` pins this), but the HTTP side is ours: one
+pooled ``httpx.AsyncClient`` per mount, bounded timeouts, a total deadline, retries with
+exponential backoff and full jitter on transient failures, and Skyflow's status, message and
+request id kept in the raised :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -363,7 +364,12 @@ class TokenClient:
                 else self.policy.backoff(attempt, self._rng)
             )
             if time.monotonic() + delay >= limit:
-                break  # sleeping would only run into the deadline
+                # sleeping would only run into the deadline
+                if outcome.retry_after is not None and outcome.error is not None:
+                    outcome.error.summary += (
+                        f"; its Retry-After of {outcome.retry_after:g} s is past the deadline"
+                    )
+                break
             await asyncio.sleep(delay)
 
         error = outcome.error
