@@ -1,0 +1,109 @@
+"""Shared fixtures for end-to-end tests: a real OpenBao with the Skyflow plugin installed as
+an operator would, and the Skyflow emulator over real HTTPS.
+
+Each test gets fresh mounts (``unit_mount``) so tests stay independent while the server and
+the emulator are started once per module (they cost seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from skyflow_vault_plugin.devtools.client import BaoClient
+from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, install_plugin, python_launcher
+from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
+
+PLUGIN_NAME = "skyflow"
+PLUGIN_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
+
+
+@dataclass
+class SkyflowStack:
+    """A running OpenBao with the plugin registered, and the emulator it trusts."""
+
+    bao: OpenBaoServer
+    emulator: EmulatorProcess
+
+    @property
+    def admin(self) -> EmulatorAdmin:
+        return self.emulator.admin
+
+    def client(self, token: str | None = None) -> BaoClient:
+        return self.bao.client(token)
+
+    def new_account(self) -> dict[str, str]:
+        """Fresh service-account credentials issued by the emulator."""
+        return self.admin.create_account()
+
+    def mount(
+        self,
+        prefix: str = "skyflow/unit",
+        *,
+        credentials: dict[str, str] | None = None,
+        roles: dict[str, list[str]] | None = None,
+    ) -> str:
+        """Enable a fresh mount, configure it with ``credentials`` (a new account when None)
+        and create ``roles``; returns the mount path (no trailing slash)."""
+        path = f"{prefix}-{secrets.token_hex(3)}"
+        client = self.client()
+        client.enable_secrets(path, PLUGIN_NAME)
+        client.write(
+            f"{path}/config",
+            {"credentials_json": json.dumps(credentials or self.new_account())},
+        )
+        for name, role_ids in (roles or {}).items():
+            client.write(f"{path}/roles/{name}", {"role_ids": role_ids})
+        return path
+
+
+def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> SkyflowStack:
+    """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
+    emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
+    try:
+        env = {"SSL_CERT_FILE": emulator.ca_file, **(server_env or {})}
+        bao = OpenBaoServer.dev(work_dir / "bao", env=env)
+        bao.start()
+    except BaseException:
+        emulator.stop()
+        raise
+    try:
+        install_plugin(bao, name=PLUGIN_NAME, executable=PLUGIN_LAUNCHER)
+    except BaseException:
+        bao.close()
+        emulator.stop()
+        raise
+    return SkyflowStack(bao, emulator)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SkyflowStack]:
+    """OpenBao + plugin + emulator, shared by a module's tests."""
+    running = start_stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield running
+    finally:
+        running.bao.close()
+        running.emulator.stop()
+
+
+@pytest.fixture
+def fresh_emulator(stack: SkyflowStack) -> Iterator[EmulatorAdmin]:
+    """The emulator with its faults cleared before and after the test."""
+    stack.admin.reset()
+    yield stack.admin
+    stack.admin.reset()
+
+
+UnitMount = Callable[..., str]
+
+
+@pytest.fixture
+def unit_mount(stack: SkyflowStack) -> UnitMount:
+    """Factory for fresh, configured mounts (see :meth:`SkyflowStack.mount`)."""
+    return stack.mount
