@@ -133,3 +133,24 @@ def test_data_survives_a_raft_restart(tmp_path: Path) -> None:
         assert client.request("GET", "kvb/kv/alice").status_code == 404
         # No error from Initialize on the standby pass: it does not write.
         assert "cannot write to readonly storage" not in bao.log_path.read_text()
+
+
+@pytest.mark.slow
+def test_writes_sent_to_a_standby_are_forwarded_to_the_active_node(tmp_path: Path) -> None:
+    """A standby's plugin sees read-only storage; the SDK reports it with the text that
+    makes the host forward the request to the active node instead of failing."""
+    from skyflow_vault_plugin.devtools.cluster import OpenBaoCluster, install_plugin_cluster
+
+    with OpenBaoCluster(tmp_path / "cluster", log_level="info") as cluster:
+        install_plugin_cluster(cluster, name="kvpy", executable=LAUNCHER)
+        cluster.leader().client().enable_secrets("kva", "kvpy")
+        standby = cluster.standbys()[0].client(cluster.root_token)
+        deadline = time.monotonic() + 20
+        while True:  # the mount reaches the standby through raft shortly after enabling
+            response = standby.request("PUT", "kva/kv/through-standby", json={"value": {"n": 1}})
+            if response.status_code == 204 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert response.status_code == 204, response.text
+        entry = cluster.leader().client().read("kva/kv/through-standby")
+        assert entry["data"] == {"n": 1}

@@ -149,6 +149,7 @@ class BaoClient:
         params: Mapping[str, str | int | bool] | None = None,
         headers: Mapping[str, str] | None = None,
         token: str | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request and return the raw response, whatever its status.
 
@@ -159,6 +160,7 @@ class BaoClient:
             params: query parameters.
             headers: extra headers for this request.
             token: overrides the client's token for this request.
+            timeout: overrides the client's timeout (seconds) for this request.
 
         Raises:
             BaoConnectionError: the request did not complete.
@@ -175,6 +177,7 @@ class BaoClient:
                 json=json,
                 params=dict(params) if params is not None else None,
                 headers=all_headers,
+                timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             raise BaoConnectionError(f"{method} {rel} on {self._addr}: {exc!r}") from exc

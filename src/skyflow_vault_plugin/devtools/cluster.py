@@ -13,8 +13,13 @@ How OpenBao 2.7.2 treats requests sent to a *standby's* address (observed):
   ``disable_standby_reads`` defaults to false): a read on a standby still answers ``200``
   while no node is active, and may briefly lag a write made on the leader.
 * While no node is active (leader just killed, election pending), a write sent to a standby
-  answers ``307`` with a redirect to the old leader's API address; :class:`BaoClient` does not
-  follow it.
+  answers ``307`` with a redirect to the old leader's API address (:class:`BaoClient` does not
+  follow it), and briefly ``500`` while the new leader takes over.
+* A plugin mount is served on a standby by that node's *own* plugin process (every unsealed
+  node runs one per mount), so reads work there. A write sent to a standby is *not* forwarded
+  up front: it reaches the standby's plugin, whose storage is read-only ("cannot write to
+  readonly storage"). Whether the client then sees the active node's answer or an error
+  depends on the error the plugin returns (the builtin kv engine's writes do get forwarded).
 * Right after a kv-v2 mount is enabled, standbys answer ``400`` "Waiting for the primary to
   upgrade from non-versioned to versioned data" for about a second.
 

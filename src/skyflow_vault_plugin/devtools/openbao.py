@@ -109,6 +109,8 @@ _POLL_INTERVAL = 0.05
 _STOP_TIMEOUT = 30.0
 _PLUGIN_GRACE = 3.0
 _KILL_WAIT = 10.0
+_REAP_ROUNDS = 3
+_SLOW_CALL_TIMEOUT = 60.0
 _PORT_ATTEMPTS = 3
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSEAL_KEY_LINE = re.compile(rb"^Unseal Key: (\S+)\s*$", re.MULTILINE)
@@ -265,6 +267,17 @@ def _processes_matching(match: Callable[[str], bool]) -> list[int]:
         if any(match(arg) for arg in _cmdline(pid)) or match(_exe(pid)):
             found.append(pid)
     return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state follows the parenthesised command name, which may itself contain ")".
+    state = stat.rsplit(")", 1)[-1].split()
+    return bool(state) and state[0] not in ("Z", "X")
 
 
 def _signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
@@ -596,17 +609,23 @@ class OpenBaoServer:
         check: bool = False,
         timeout: float = 60.0,
         input: str | None = None,
+        token: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real ``bao`` binary against this server (``BAO_ADDR``/``BAO_TOKEN`` set).
 
+        Output is captured as text; the CLI runs in the server's controlled environment.
+
         Args:
             args: the command line after ``bao``, e.g. ``("secrets", "list")``.
+            token: the token to use instead of the root token.
             check: raise :class:`subprocess.CalledProcessError` on a non-zero exit.
             timeout: seconds before the CLI is killed (:class:`subprocess.TimeoutExpired`).
             input: text for its stdin.
         """
         env = controlled_environment(self._extra_env)
         env.update(self.env)
+        if token is not None:
+            env["BAO_TOKEN"] = env["VAULT_TOKEN"] = token
         return subprocess.run(
             [str(bao_binary()), *args],
             env=env,
@@ -690,7 +709,7 @@ class OpenBaoServer:
 
     def _spawn_listening(self, timeout: float) -> None:
         # A free port can be taken between choosing and binding it; retry with new ports
-        # unless they are pinned (given by the caller, or part of raft data already).
+        # unless they are pinned (given by the caller, or used by an earlier run).
         attempts = 1 if self._ports_pinned else _PORT_ATTEMPTS
         for attempt in range(attempts):
             self._write_config()
@@ -703,8 +722,9 @@ class OpenBaoServer:
                     self._choose_new_ports()
                     continue
                 raise
-            if self._mode == "raft":
-                self._ports_pinned = True
+            # From now on the address is known to callers (and baked into raft data): a
+            # restart must come back on the same ports.
+            self._ports_pinned = True
             return
 
     def _choose_new_ports(self) -> None:
@@ -882,7 +902,11 @@ class OpenBaoServer:
     def initialize(self) -> None:
         """``sys/init`` with one key share, threshold 1; keeps the unseal key and root token."""
         response = self._poll_client().request(
-            "PUT", "sys/init", json={"secret_shares": 1, "secret_threshold": 1}
+            "PUT",
+            "sys/init",
+            json={"secret_shares": 1, "secret_threshold": 1},
+            # Takes ~2 s (raft bootstraps and elects itself); leave room for slow machines.
+            timeout=_SLOW_CALL_TIMEOUT,
         )
         if response.status_code != 200:
             raise BaoError(response.status_code, [response.text], method="PUT", path="sys/init")
@@ -894,7 +918,13 @@ class OpenBaoServer:
         """Submit the unseal key (threshold 1, so one call unseals)."""
         if self._unseal_key is None:
             raise ServerError(f"{self.addr}: no unseal key known")
-        response = self._poll_client().request("PUT", "sys/unseal", json={"key": self._unseal_key})
+        response = self._poll_client().request(
+            "PUT",
+            "sys/unseal",
+            json={"key": self._unseal_key},
+            # A retry_join node joins the cluster inside this call (~1-2 s).
+            timeout=_SLOW_CALL_TIMEOUT,
+        )
         if response.status_code != 200:
             raise BaoError(response.status_code, [response.text], method="PUT", path="sys/unseal")
 
@@ -956,27 +986,32 @@ class OpenBaoServer:
     def reap_plugins(self, *, grace: float = _PLUGIN_GRACE) -> list[int]:
         """Wait up to ``grace`` s for this server's plugin processes to exit, then SIGKILL them.
 
-        Returns the PIDs that had to be killed.
+        Returns the PIDs that had to be killed. Only returns once they are really gone: a
+        process that is exiting loses its command line before it dies, so they are followed
+        by PID, and the scan is repeated in case a plugin was between fork and exec.
 
         Raises:
-            ServerError: some were still there after the kill.
+            ServerError: some were still alive after the kill.
         """
         deadline = time.monotonic() + grace
         pids = self.plugin_processes()
         while pids and time.monotonic() < deadline:
             time.sleep(_POLL_INTERVAL)
             pids = self.plugin_processes()
-        if not pids:
-            return []
-        _signal_pids(pids, signal.SIGKILL)
-        deadline = time.monotonic() + _KILL_WAIT
-        left = self.plugin_processes()
-        while left and time.monotonic() < deadline:
-            time.sleep(_POLL_INTERVAL)
-            left = self.plugin_processes()
+        killed: list[int] = []
+        for _ in range(_REAP_ROUNDS):
+            if not pids:
+                break
+            _signal_pids(pids, signal.SIGKILL)
+            killed.extend(pids)
+            deadline = time.monotonic() + _KILL_WAIT
+            while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+                time.sleep(_POLL_INTERVAL)
+            pids = self.plugin_processes()
+        left = [pid for pid in killed if _alive(pid)] + pids
         if left:
             raise ServerError(f"{self.addr}: plugin processes survived SIGKILL: {left}")
-        return pids
+        return sorted(set(killed))
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"

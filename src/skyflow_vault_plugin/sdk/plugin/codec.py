@@ -11,6 +11,7 @@ from ..framework.errors import (
     CodedError,
     LogicalError,
     PermissionDenied,
+    ReadOnlyStorageError,
     UnsupportedOperation,
     UnsupportedPath,
 )
@@ -29,6 +30,9 @@ ERR_UNSUPPORTED_PATH = 6
 ERR_PERMISSION_DENIED = 8
 
 INTERNAL_ERROR_MESSAGE = "internal error"
+# The host forwards a request to the active node when an error carries this text
+# (logical.ErrReadOnly): a write that reaches a standby's plugin must say exactly this.
+READ_ONLY_MESSAGE = "cannot write to readonly storage"
 
 log = logging.getLogger("sdk.plugin")
 
@@ -73,6 +77,8 @@ def encode_response(response: Response | None) -> pb.HandleRequestReply:
 def encode_error(exc: BaseException) -> pb.ProtoError:
     """The wire error for an exception. Unexpected exceptions become a generic internal
     error: their text may hold secrets or internals, so it stays in the plugin's log."""
+    if isinstance(exc, ReadOnlyStorageError):
+        return pb.ProtoError(err_type=ERR_UNKNOWN, err_msg=READ_ONLY_MESSAGE)
     if isinstance(exc, BadRequest):
         return pb.ProtoError(err_type=ERR_BAD_REQUEST, err_msg=exc.message)
     if isinstance(exc, PermissionDenied):
