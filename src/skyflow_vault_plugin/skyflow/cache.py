@@ -79,13 +79,17 @@ class TokenCache:
             self.evictions += 1
 
     def drop_role(self, role: str) -> None:
-        """Forget every token of ``role``."""
+        """Forget every token of ``role``, and let no later read join a mint for it that
+        started before now (it may use the old role IDs)."""
         for key in [k for k in self._entries if k[0] == role]:
             del self._entries[key]
+        for key in [k for k in self._inflight if k[0] == role]:
+            del self._inflight[key]
 
     def clear(self) -> None:
-        """Forget every token."""
+        """Forget every token and every mint under way (see :meth:`drop_role`)."""
         self._entries.clear()
+        self._inflight.clear()
 
     async def single_flight(
         self, key: CacheKey, mint: Callable[[], Awaitable[IssuedToken]]
@@ -111,7 +115,8 @@ class TokenCache:
             except Exception as exc:  # delivered to every waiter, then forgotten
                 future.set_exception(exc)
             finally:
-                self._inflight.pop(key, None)
+                if self._inflight.get(key) is future:  # not a newer flight for the key
+                    del self._inflight[key]
 
         task = asyncio.create_task(run())
         self._tasks.add(task)

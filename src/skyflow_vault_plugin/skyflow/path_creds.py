@@ -31,6 +31,7 @@ from .ctx_policy import CtxPolicy, Identity, resolve_ctx
 from .errors import InvalidInput, SkyflowUnavailable, UpstreamError
 from .errors_http import to_logical
 from .storage import RoleEntry
+from .telemetry import TOKEN_GENERATE, note_cache, note_ctx, note_error
 
 CREDS_FIELDS = {
     "name": Field(FieldType.NAME, "Name of the role."),
@@ -78,22 +79,27 @@ async def _identity(b: SkyflowBackend, req: Request) -> Identity:
 
 async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     name: str = data.get("name")
+    # Taken before any await: a write that lands while this read waits must not let a
+    # token minted from what the read loaded be stored as current.
+    generation = (b.generations.config, b.generations.role(name))
     role = await b.get_role(name)
     if role is None:
         raise CodedError(404, f"role {name!r} does not exist")
     config = await b.get_config()
     if config is None:
+        note_error("not_configured")
         raise BadRequest("this mount is not configured: write its service account to config")
     try:
         ctx = await resolve_ctx(_policy(role), data.get("ctx"), partial(_identity, b, req))
+        note_ctx(ctx)
         key = (name, canonical_ctx(ctx))
     except InvalidInput as exc:
         raise to_logical(exc) from None
     if role.cache_tokens:
         cached = b.cache.get(key, min_remaining=role.min_remaining_ttl)
         if cached is not None:
+            note_cache("hit")
             return Response(data=token_data(cached))
-    generation = (b.generations.config, b.generations.role(name))
 
     async def mint() -> IssuedToken:
         account = await b.account(config)
@@ -104,15 +110,19 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
             b.cache.put(key, token, generation)
         return token
 
+    note_cache("miss" if role.cache_tokens else "off")
     try:
         if role.cache_tokens:
             token, _joined = await b.cache.single_flight(key, mint)
+            if _joined:
+                note_cache("coalesced")
         else:
             token = await mint()
     except SkyflowUnavailable as exc:
         stale = b.cache.get_valid(key) if role.cache_tokens else None
         if stale is None:
             raise to_logical(exc) from None
+        note_cache("stale")
         response = Response(data=token_data(stale))
         response.add_warning(
             "Skyflow is unavailable; returning a cached token that is still valid but below "
@@ -126,7 +136,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
 
 def creds_paths(b: SkyflowBackend) -> list[Path]:
     """The ``creds/<name>`` path."""
-    handler = partial(_issue, b)
+    handler = b.telemetry.instrument(TOKEN_GENERATE, partial(_issue, b))
     return [
         Path(
             pattern=f"creds/{name_part('name')}",

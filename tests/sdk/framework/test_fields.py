@@ -37,7 +37,7 @@ def test_comma_string_list_accepts_both_forms(raw: object, expected: list[str]) 
     assert parse(FieldType.COMMA_STRING_LIST, raw) == expected
 
 
-@pytest.mark.parametrize("raw", [5, {"a": 1}, ["a", 3], None])
+@pytest.mark.parametrize("raw", [5, {"a": 1}, ["a", 3], None, ["a", ""], ["a", "  "]])
 def test_comma_string_list_rejects_other_types(raw: object) -> None:
     with pytest.raises(FieldError):
         parse(FieldType.COMMA_STRING_LIST, raw)

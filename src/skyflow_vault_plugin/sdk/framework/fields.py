@@ -172,7 +172,8 @@ def parse_duration(name: str, raw: object) -> int:
 
 
 def parse_comma_string_list(name: str, raw: object) -> list[str]:
-    """A list of strings from ``"a,b"`` or ``["a", "b"]``; items are trimmed, empties kept out."""
+    """A list of strings from ``"a,b"`` or ``["a", "b"]``; items are trimmed. Empty items
+    between commas are dropped; a blank item of a JSON list is refused."""
     items: list[object]
     if isinstance(raw, str):
         items = list(raw.split(","))
@@ -189,6 +190,10 @@ def parse_comma_string_list(name: str, raw: object) -> list[str]:
         stripped = item.strip()
         if stripped:
             result.append(stripped)
+        elif isinstance(raw, list):
+            # In a JSON list a blank item was given on purpose: it is an error, not noise
+            # between commas as in "a,,b".
+            raise FieldError(name, "list items must not be blank")
     return result
 
 

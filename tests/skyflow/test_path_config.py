@@ -1,0 +1,662 @@
+"""``config``: the mount's service account, through both drivers against the in-process emulator.
+
+Secrets never reach an assertion message: key material is only searched for, and the search
+reports positions, not text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from skyflow_vault_plugin.emulator import InProcessEmulator
+from skyflow_vault_plugin.emulator.state import Faults
+from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+
+POLICY = ExchangePolicy(
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    deadline=2.0,
+    max_attempts=3,
+    backoff_base=0.01,
+    backoff_max=0.02,
+)
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def emulator() -> InProcessEmulator:
+    return InProcessEmulator()
+
+
+@pytest.fixture(scope="module")
+def creds(emulator: InProcessEmulator) -> dict[str, str]:
+    return emulator.create_account("config-tests-a")
+
+
+@pytest.fixture(scope="module")
+def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
+    return emulator.create_account("config-tests-b")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
+    emulator.state.reset_faults()
+    emulator.state.reset_stats()
+    emulator.state.token_lifetime = 3600
+    yield
+    emulator.state.reset_faults()
+
+
+@contextlib.asynccontextmanager
+async def open_client(kind: str, emulator: InProcessEmulator) -> AsyncIterator[PluginTestClient]:
+    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+    async with open_driver(kind, make_factory(settings)) as driver:
+        yield PluginTestClient(driver, mount_point="skyflow/insurance/")
+
+
+@pytest.fixture(params=["direct", "grpc"])
+async def client(
+    request: pytest.FixtureRequest, emulator: InProcessEmulator
+) -> AsyncIterator[PluginTestClient]:
+    async with open_client(request.param, emulator) as test_client:
+        yield test_client
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def pem_lines(creds: dict[str, str]) -> list[str]:
+    """The base64 body lines of the account's PEM key (what a leak would contain)."""
+    return [
+        line.strip()
+        for line in creds["privateKey"].splitlines()
+        if line.strip() and not line.startswith("-----")
+    ]
+
+
+def leaks(text: str, creds: dict[str, str]) -> list[str]:
+    """Where key material shows up in ``text`` -- by description, never the text itself."""
+    found = []
+    if "PRIVATE KEY" in text:
+        found.append("PEM marker 'PRIVATE KEY'")
+    if "-----BEGIN" in text:
+        found.append("PEM BEGIN line")
+    for index, line in enumerate(pem_lines(creds)):
+        if line in text:
+            found.append(f"PEM body line {index}")
+    return found
+
+
+def outcome_text(outcome: Outcome) -> str:
+    return json.dumps(
+        {"data": outcome.data, "warnings": outcome.warnings, "errors": outcome.errors}
+    )
+
+
+def snake_case(creds: dict[str, str]) -> dict[str, str]:
+    names = {
+        "clientID": "client_id",
+        "clientName": "client_name",
+        "keyID": "key_id",
+        "tokenURI": "token_uri",
+        "privateKey": "private_key",
+    }
+    return {names[k]: v for k, v in creds.items()}
+
+
+def write_file(tmp_path: Path, creds: dict[str, str], name: str = "creds.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(creds))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+async def stored_config(client: PluginTestClient) -> dict[str, Any]:
+    entry = await client.storage.get("config")
+    assert entry is not None
+    value: dict[str, Any] = entry.json()
+    return value
+
+
+def assert_names(outcome: Outcome, status: int, field: str) -> None:
+    assert outcome.status == status
+    assert outcome.errors, "expected an error message"
+    assert f"'{field}'" in outcome.errors[0]
+
+
+# -------------------------------------------------------------------------- credentials_json
+
+
+async def test_create_with_json_text(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    written = await client.write("config", {"credentials_json": json.dumps(creds)})
+    assert written.status == 200
+    read = await client.read("config")
+    assert read.status == 200
+    assert read.data["credentials_configured"] is True
+    assert read.data["credentials_type"] == "json"
+    assert read.data["client_id"] == creds["clientID"]
+    assert read.data["key_id"] == creds["keyID"]
+    assert read.data["token_uri"] == creds["tokenURI"]
+    assert read.data["client_name"] == creds["clientName"]
+    assert read.data["version"] == 1
+    assert read.data["last_updated"].endswith("Z")
+    assert "credentials_file_path" not in read.data
+
+
+@pytest.mark.parametrize("form", ["object", "pretty", "snake_case", "snake_case_text"])
+async def test_create_with_other_json_forms(
+    client: PluginTestClient, creds: dict[str, str], form: str
+) -> None:
+    value: object
+    if form == "object":
+        value = creds
+    elif form == "pretty":
+        value = json.dumps(creds, indent=4, sort_keys=True)
+    elif form == "snake_case":
+        value = snake_case(creds)
+    else:
+        value = json.dumps(snake_case(creds), indent=2)
+    written = await client.write("config", {"credentials_json": value})
+    assert written.status == 200, written.errors
+    read = await client.read("config")
+    assert read.data["client_id"] == creds["clientID"]
+    assert read.data["key_id"] == creds["keyID"]
+    assert read.data["credentials_type"] == "json"
+
+
+async def test_json_config_mints_a_token_for_creds(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    await client.write("config", {"credentials_json": json.dumps(creds, indent=2)})
+    await client.write("roles/producer", {"role_ids": "r1"})
+    token = await client.read("creds/producer")
+    assert token.status == 200
+    assert emulator.state.requests[-1].client_id == creds["clientID"]
+
+
+# ---------------------------------------------------------------------- credentials_file_path
+
+
+async def test_create_with_file_path(
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    path = write_file(tmp_path, creds)
+    written = await client.write("config", {"credentials_file_path": path})
+    assert written.status == 200, written.errors
+    assert any("credentials_file_path" in w for w in written.warnings)
+    assert emulator.state.token_calls == 1
+    read = await client.read("config")
+    assert read.data["credentials_type"] == "file_path"
+    assert read.data["credentials_file_path"] == path
+    assert read.data["client_id"] == creds["clientID"]
+    stored = await stored_config(client)
+    assert stored["credentials_json"] is None
+    assert stored["credentials_file_path"] == path
+    # the file's key is used for tokens
+    await client.write("roles/producer", {"role_ids": "r1"})
+    assert (await client.read("creds/producer")).status == 200
+    assert emulator.state.requests[-1].client_id == creds["clientID"]
+
+
+async def test_relative_file_path_is_refused(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    write_file(tmp_path, creds)
+    refused = await client.write("config", {"credentials_file_path": "creds.json"})
+    assert_names(refused, 400, "credentials_file_path")
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
+
+
+async def test_missing_file_is_refused(client: PluginTestClient, tmp_path: Path) -> None:
+    refused = await client.write("config", {"credentials_file_path": str(tmp_path / "nope.json")})
+    assert_names(refused, 400, "credentials_file_path")
+
+
+async def test_bad_file_content_names_the_key(
+    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+) -> None:
+    path = write_file(tmp_path, {**creds, "tokenURI": "http://emulator.test/x"})
+    refused = await client.write("config", {"credentials_file_path": path})
+    assert_names(refused, 400, "credentials_file_path.tokenURI")
+
+
+# -------------------------------------------------------------------------- exactly one rule
+
+
+async def test_both_sources_are_refused(
+    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+) -> None:
+    refused = await client.write(
+        "config",
+        {
+            "credentials_json": json.dumps(creds),
+            "credentials_file_path": write_file(tmp_path, creds),
+        },
+    )
+    assert refused.status == 400
+    assert "credentials_file_path" in refused.errors[0]
+    assert "credentials_json" in refused.errors[0]
+    assert (await client.read("config")).status == 404
+
+
+async def test_no_source_on_create_is_refused(client: PluginTestClient) -> None:
+    refused = await client.write("config", {"description": "nothing else"})
+    assert refused.status == 400
+    assert "credentials_json" in refused.errors[0]
+    assert (await client.read("config")).status == 404
+
+
+async def test_both_sources_on_update_leave_the_config_unchanged(
+    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+) -> None:
+    await client.write("config", {"credentials_json": json.dumps(creds)})
+    before = await client.read("config")
+    refused = await client.write(
+        "config",
+        {
+            "credentials_json": json.dumps(creds),
+            "credentials_file_path": write_file(tmp_path, creds),
+        },
+    )
+    assert refused.status == 400
+    assert (await client.read("config")).data == before.data
+
+
+# ---------------------------------------------------------------------- invalid credentials
+
+
+def _without(creds: dict[str, str], key: str) -> dict[str, str]:
+    return {k: v for k, v in creds.items() if k != key}
+
+
+def _other_key_pem(kind: str) -> str:
+    if kind == "ec":
+        key = ec.generate_private_key(ec.SECP256R1())
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+    return "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+
+
+INVALID_CASES: list[tuple[str, Any, str]] = [
+    ("privateKey missing", lambda c: _without(c, "privateKey"), "credentials_json.privateKey"),
+    ("privateKey not PEM", lambda c: {**c, "privateKey": "abc"}, "credentials_json.privateKey"),
+    (
+        "privateKey broken PEM",
+        lambda c: {**c, "privateKey": _other_key_pem("garbage")},
+        "credentials_json.privateKey",
+    ),
+    (
+        "privateKey not RSA",
+        lambda c: {**c, "privateKey": _other_key_pem("ec")},
+        "credentials_json.privateKey",
+    ),
+    ("privateKey number", lambda c: {**c, "privateKey": 7}, "credentials_json.privateKey"),
+    (
+        "tokenURI http",
+        lambda c: {**c, "tokenURI": "http://emulator.test/v1/auth/sa/oauth/token"},
+        "credentials_json.tokenURI",
+    ),
+    ("tokenURI missing", lambda c: _without(c, "tokenURI"), "credentials_json.tokenURI"),
+    ("tokenURI not a URL", lambda c: {**c, "tokenURI": "emulator"}, "credentials_json.tokenURI"),
+    ("clientID missing", lambda c: _without(c, "clientID"), "credentials_json.clientID"),
+    ("clientID empty", lambda c: {**c, "clientID": "  "}, "credentials_json.clientID"),
+    ("clientID list", lambda c: {**c, "clientID": ["a"]}, "credentials_json.clientID"),
+    ("keyID missing", lambda c: _without(c, "keyID"), "credentials_json.keyID"),
+    (
+        "snake_case key named as written",
+        lambda c: {**snake_case(c), "token_uri": "ftp://x"},
+        "credentials_json.token_uri",
+    ),
+    ("not an object", lambda c: json.dumps([1, 2]), "credentials_json"),
+    ("not JSON", lambda c: "{not json", "credentials_json"),
+    ("empty", lambda c: "", "credentials_json"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [pytest.param(make, field, id=name) for name, make, field in INVALID_CASES],
+)
+async def test_invalid_credentials_name_the_field(
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    make: Any,
+    field: str,
+) -> None:
+    value = make(creds)
+    refused = await client.write("config", {"credentials_json": value})
+    assert_names(refused, 400, field)
+    assert leaks(outcome_text(refused), creds) == []
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
+
+
+async def test_invalid_update_keeps_the_previous_config(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    await client.write("config", {"credentials_json": creds, "description": "first"})
+    before = await client.read("config")
+    stored = await stored_config(client)
+    refused = await client.write(
+        "config", {"credentials_json": {**creds, "tokenURI": "http://x"}, "description": "second"}
+    )
+    assert_names(refused, 400, "credentials_json.tokenURI")
+    assert (await client.read("config")).data == before.data
+    assert await stored_config(client) == stored
+
+
+# --------------------------------------------------------------------- validate_credentials
+
+
+async def test_validation_calls_skyflow_once(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    written = await client.write("config", {"credentials_json": creds})
+    assert written.status == 200
+    assert emulator.state.token_calls == 1
+    assert emulator.state.successes == 1
+    assert emulator.state.requests[-1].client_id == creds["clientID"]
+
+
+async def test_validation_off_saves_without_calling(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    emulator.state.set_faults(Faults(reject=True))  # it would fail if it were called
+    written = await client.write(
+        "config", {"credentials_json": creds, "validate_credentials": False}
+    )
+    assert written.status == 200
+    assert emulator.state.token_calls == 0
+    assert (await client.read("config")).data["client_id"] == creds["clientID"]
+
+
+async def test_rejected_credentials_leave_the_previous_config(
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    other_creds: dict[str, str],
+) -> None:
+    await client.write("config", {"credentials_json": creds, "description": "working"})
+    await client.write("roles/producer", {"role_ids": "r1"})
+    before = await client.read("config")
+    stored = await stored_config(client)
+    emulator.state.reset_stats()
+    emulator.state.set_faults(Faults(reject=True))
+
+    refused = await client.write(
+        "config", {"credentials_json": other_creds, "description": "replacement"}
+    )
+    assert_names(refused, 400, "credentials_json")
+    assert "rejected" in refused.errors[0]
+    assert leaks(outcome_text(refused), other_creds) == []
+    assert emulator.state.token_calls == 1  # a rejection is not retried
+    assert (await client.read("config")).data == before.data
+    assert await stored_config(client) == stored
+
+    # and the previous config still works
+    emulator.state.reset_faults()
+    token = await client.read("creds/producer")
+    assert token.status == 200
+    assert emulator.state.requests[-1].client_id == creds["clientID"]
+
+
+async def test_rejected_file_credentials_name_the_file_field(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    emulator.state.set_faults(Faults(reject=True))
+    refused = await client.write("config", {"credentials_file_path": write_file(tmp_path, creds)})
+    assert_names(refused, 400, "credentials_file_path")
+    assert (await client.read("config")).status == 404
+
+
+async def test_unavailable_skyflow_is_503_and_leaves_the_previous_config(
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    other_creds: dict[str, str],
+) -> None:
+    await client.write("config", {"credentials_json": creds})
+    before = await client.read("config")
+    stored = await stored_config(client)
+    emulator.state.reset_stats()
+    emulator.state.set_faults(Faults(fail_status=503))
+
+    refused = await client.write("config", {"credentials_json": other_creds})
+    assert refused.status == 503
+    assert "validate_credentials=false" in refused.errors[0]
+    assert leaks(outcome_text(refused), other_creds) == []
+    assert emulator.state.token_calls == POLICY.max_attempts  # 503 is retried
+    assert (await client.read("config")).data == before.data
+    assert await stored_config(client) == stored
+
+
+async def test_unavailable_skyflow_on_first_write_stores_nothing(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    emulator.state.set_faults(Faults(fail_status=503))
+    refused = await client.write("config", {"credentials_json": creds})
+    assert refused.status == 503
+    assert (await client.read("config")).status == 404
+    assert await client.storage.get("config") is None
+
+
+async def test_update_without_credentials_does_not_validate(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    await client.write("config", {"credentials_json": creds})
+    emulator.state.reset_stats()
+    emulator.state.set_faults(Faults(reject=True))
+    updated = await client.write("config", {"description": "only metadata"})
+    assert updated.status == 200
+    assert emulator.state.token_calls == 0
+
+
+# ------------------------------------------------------------------------------ updates
+
+
+async def test_update_keeps_unspecified_fields(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    await client.write(
+        "config", {"credentials_json": creds, "description": "insurance", "tags": "bu,prod"}
+    )
+    await client.write("config", {"tags": ["eu"]})
+    read = await client.read("config")
+    assert read.data["description"] == "insurance"
+    assert read.data["tags"] == ["eu"]
+    assert read.data["client_id"] == creds["clientID"]
+    assert read.data["credentials_type"] == "json"
+
+    await client.write("config", {"description": "renamed"})
+    read = await client.read("config")
+    assert read.data["description"] == "renamed"
+    assert read.data["tags"] == ["eu"]
+    stored = await stored_config(client)
+    assert stored["credentials_json"] is not None
+
+
+async def test_setting_the_other_source_clears_the_first(
+    client: PluginTestClient,
+    creds: dict[str, str],
+    other_creds: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    await client.write("config", {"credentials_json": creds, "description": "kept"})
+    path = write_file(tmp_path, other_creds)
+
+    await client.write("config", {"credentials_file_path": path})
+    read = await client.read("config")
+    assert read.data["credentials_type"] == "file_path"
+    assert read.data["credentials_file_path"] == path
+    assert read.data["client_id"] == other_creds["clientID"]
+    assert read.data["description"] == "kept"
+    stored = await stored_config(client)
+    assert stored["credentials_json"] is None
+
+    await client.write("config", {"credentials_json": creds})
+    read = await client.read("config")
+    assert read.data["credentials_type"] == "json"
+    assert "credentials_file_path" not in read.data
+    assert read.data["client_id"] == creds["clientID"]
+    stored = await stored_config(client)
+    assert stored["credentials_file_path"] is None
+    assert stored["credentials_json"] is not None
+
+
+async def test_version_bumps_on_every_write(
+    client: PluginTestClient, creds: dict[str, str], other_creds: dict[str, str]
+) -> None:
+    versions = []
+    for data in (
+        {"credentials_json": creds},
+        {"description": "x"},
+        {"credentials_json": other_creds},
+        {"tags": "a"},
+    ):
+        written = await client.write("config", data)
+        assert written.status == 200
+        versions.append(written.data["version"])
+        assert (await client.read("config")).data["version"] == versions[-1]
+    assert versions == [1, 2, 3, 4]
+
+
+async def test_description_and_tags_bounds(client: PluginTestClient, creds: dict[str, str]) -> None:
+    await client.write("config", {"credentials_json": creds})
+    before = await client.read("config")
+    assert_names(await client.write("config", {"description": "x" * 1025}), 400, "description")
+    assert_names(await client.write("config", {"tags": ["a b"]}), 400, "tags")
+    assert_names(await client.write("config", {"tags": [f"t{i}" for i in range(33)]}), 400, "tags")
+    assert (await client.read("config")).data == before.data
+
+
+# ------------------------------------------------------------------------------ secrecy
+
+
+async def test_read_never_contains_the_key(
+    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+) -> None:
+    for data in (
+        {"credentials_json": creds},
+        {"credentials_json": json.dumps(creds, indent=2)},
+        {"credentials_json": snake_case(creds)},
+        {"credentials_file_path": write_file(tmp_path, creds)},
+    ):
+        written = await client.write("config", data)
+        assert written.status == 200
+        assert leaks(outcome_text(written), creds) == []
+        read = await client.read("config")
+        assert read.status == 200
+        assert leaks(outcome_text(read), creds) == []
+        assert "credentials_json" not in read.data
+        assert "private_key" not in read.data
+
+
+async def test_help_and_refusals_never_contain_the_key(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    broken = {**creds, "clientID": ""}
+    refused = await client.write("config", {"credentials_json": json.dumps(broken)})
+    assert refused.status == 400
+    assert leaks(outcome_text(refused), creds) == []
+    assert leaks(await client.help("config"), creds) == []
+
+
+# ------------------------------------------------------------------------- misc & storage
+
+
+async def test_unknown_field_is_refused_naming_it(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    refused = await client.write("config", {"credentials_json": creds, "colour": "red"})
+    assert_names(refused, 400, "colour")
+    assert (await client.read("config")).status == 404
+
+
+async def test_wrong_field_types_are_refused(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    assert_names(await client.write("config", {"credentials_json": 42}), 400, "credentials_json")
+    assert_names(
+        await client.write("config", {"credentials_json": creds, "validate_credentials": "maybe"}),
+        400,
+        "validate_credentials",
+    )
+    assert (await client.read("config")).status == 404
+
+
+async def test_delete_then_read_is_404(client: PluginTestClient, creds: dict[str, str]) -> None:
+    await client.write("config", {"credentials_json": creds})
+    assert (await client.delete("config")).status == 204
+    assert (await client.read("config")).status == 404
+    assert await client.storage.get("config") is None
+    # a new create works afterwards, starting over at version 1
+    recreated = await client.write("config", {"credentials_json": creds})
+    assert recreated.status == 200
+    assert recreated.data["version"] == 1
+
+
+async def test_storage_entry_is_seal_wrapped_with_schema_version(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    await client.write("config", {"credentials_json": creds})
+    entry = await client.storage.get("config")
+    assert entry is not None
+    assert entry.seal_wrap is True
+    assert entry.json()["schema_version"] == SCHEMA_VERSION
+
+
+async def test_newer_schema_is_not_misread(client: PluginTestClient, creds: dict[str, str]) -> None:
+    """A config stored by a newer release is refused, not half-read (through a fresh mount
+    state: invalidate makes the engine reload from storage)."""
+    await client.write("config", {"credentials_json": creds})
+    entry = await client.storage.get("config")
+    assert entry is not None
+    raw = entry.json()
+    raw["schema_version"] = SCHEMA_VERSION + 1
+    from skyflow_vault_plugin.sdk.framework import StorageEntry
+
+    await client.storage.put(StorageEntry.from_json("config", raw, seal_wrap=True))
+    driver = client.driver
+    if isinstance(driver, GrpcDriver):
+        await driver.invalidate("config")
+    else:
+        await driver.backend.invalidate("config")
+    read = await client.read("config")
+    assert read.status >= 400
+    assert leaks(outcome_text(read), creds) == []
+
+
+async def test_help_describes_every_field(client: PluginTestClient) -> None:
+    text = await client.help("config")
+    for name in (
+        "credentials_json",
+        "credentials_file_path",
+        "description",
+        "tags",
+        "validate_credentials",
+    ):
+        assert name in text
