@@ -78,8 +78,8 @@ def _cold_miss() -> list[str]:
         f"| official `skyflow` SDK, `generate_bearer_token_from_creds` | {sdk_ms:.1f} |",
         f"| this plugin's `TokenClient.exchange` | {ours_ms:.1f} |",
         "",
-        f"Speed-up: **{sdk_ms / ours_ms:.1f}×** (target ≥ 3×). The SDK opens a new HTTP client and "
-        "TLS connection per call; ours keeps one pooled connection per mount.",
+        f"Speed-up: **{sdk_ms / ours_ms:.1f}x** (target >= 3x). The SDK opens a new HTTP "
+        "client and TLS connection per call; ours keeps one pooled connection per mount.",
         "",
     ]
 
