@@ -23,11 +23,13 @@ COLD_CALLS = 40
 
 
 def _sdk_call(credentials: str) -> None:
-    from skyflow.service_account import generate_bearer_token_from_creds
+    from skyflow.service_account import (  # type: ignore[attr-defined]
+        generate_bearer_token_from_creds,
+    )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the SDK never closes its per-call client
-        generate_bearer_token_from_creds(credentials, {"role_ids": ["r1"]})
+        generate_bearer_token_from_creds(credentials, {"role_ids": ["r1"]})  # type: ignore[no-untyped-call]
 
 
 def cold_miss() -> list[str]:

@@ -8,7 +8,9 @@ local write updates it; the host's ``InvalidateKey`` (a write made elsewhere) dr
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from .cache import DEFAULT_MAX_ENTRIES, TokenCache
 from .client import ExchangePolicy, IssuedToken, TokenClient
 from .credentials import ServiceAccount, load_credentials_file, parse_credentials
 from .storage import ConfigEntry, RoleEntry
+from .telemetry import Telemetry, process_telemetry
 
 if TYPE_CHECKING:
     import httpx
@@ -53,12 +56,13 @@ class EngineSettings:
     ``SKYFLOW_TOKEN_CACHE_MAX_ENTRIES`` caps each mount's token cache (default 10000);
     ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries included (seconds,
     default 30, below Vault's 90 s request limit). ``transport`` lets tests put Skyflow
-    in-process.
+    in-process; ``telemetry`` replaces the process-wide telemetry (see telemetry/).
     """
 
     cache_max_entries: int = DEFAULT_MAX_ENTRIES
     policy: ExchangePolicy = field(default_factory=ExchangePolicy)
     transport: httpx.AsyncBaseTransport | None = None
+    telemetry: Telemetry | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
@@ -102,6 +106,7 @@ class SkyflowBackend:
         self.cache = TokenCache(self.settings.cache_max_entries)
         self.policy = self.settings.policy
         self.generations = _Generations()
+        self.telemetry = self.settings.telemetry or process_telemetry()
         self._config: ConfigEntry | _Unloaded | None = UNLOADED
         self._account: ServiceAccount | None = None
         self._account_source: object = None
@@ -164,13 +169,18 @@ class SkyflowBackend:
     def client(self) -> TokenClient:
         """The mount's Skyflow client (one connection pool), created on first use."""
         if self._client is None or self._client.closed:
-            self._client = TokenClient(self.policy, transport=self.settings.transport)
+            self._client = TokenClient(
+                self.policy,
+                transport=self.settings.transport,
+                on_attempt=self.telemetry.on_attempt,
+            )
         return self._client
 
     async def mint(self, account: ServiceAccount, role_ids: list[str], ctx: object) -> IssuedToken:
         """Exchange an assertion for a token, within the policy's deadline."""
         deadline = time.monotonic() + self.policy.deadline
-        return await self.client().exchange(account, role_ids, ctx, deadline=deadline)
+        with self.telemetry.upstream_exchange():
+            return await self.client().exchange(account, role_ids, ctx, deadline=deadline)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -194,6 +204,14 @@ class SkyflowBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.telemetry.flush()
+
+
+@functools.cache
+def shared_tls_context() -> ssl.SSLContext:
+    """One client TLS context for every mount of the process: each context holds its own
+    copy of the trust store (``SSL_CERT_FILE`` or the system's), about a megabyte."""
+    return ssl.create_default_context()
 
 
 def _account_source(config: ConfigEntry | None) -> object:
