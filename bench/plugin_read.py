@@ -8,21 +8,54 @@ Also: the plugin's resident memory while serving three mounts, and exec-to-hands
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from bench.fakehost import host_certificate_pem, host_env, time_to_handshake
-from bench.stack import bench_stack
+from bench.stack import BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
+from skyflow_vault_plugin.devtools.openbao import plugin_pids
 
 SECONDS = 10
 CONNECTIONS = (1, 16)
 
 
-def _row(name: str, result: LoadResult, base: LoadResult) -> str:
+@dataclass(frozen=True)
+class Measured:
+    load: LoadResult
+    host_cpu_ms: float  # OpenBao CPU time per request
+    plugin_cpu_ms: float  # plugin CPU time per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(stack: BenchStack, path: str, plugin: str | None, connections: int) -> Measured:
+    """One wrk run with the CPU time the server and the plugin spent on it."""
+    bao_pid = stack.bao.pid
+    assert bao_pid is not None
+    plugin_pid = plugin_pids(stack.bao, plugin)[0] if plugin else None
+    host_before = cpu_seconds(bao_pid)
+    plugin_before = cpu_seconds(plugin_pid) if plugin_pid else 0.0
+    load = run_wrk(stack.url(path), stack.bao.root_token, connections=connections, seconds=SECONDS)
+    requests = max(1.0, load.rps * SECONDS)
+    host = (cpu_seconds(bao_pid) - host_before) / requests * 1000
+    plugin_cpu = (cpu_seconds(plugin_pid) - plugin_before) / requests * 1000 if plugin_pid else 0.0
+    return Measured(load, host, plugin_cpu)
+
+
+def _row(name: str, measured: Measured, base: LoadResult) -> str:
+    result = measured.load
     return (
         f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
-        f"{result.rps / base.rps:.2f} | {result.p50_ms / base.p50_ms:.2f} | {result.errors} |"
+        f"{result.rps / base.rps:.2f} | {result.p50_ms / base.p50_ms:.2f} | "
+        f"{measured.host_cpu_ms:.2f} | {measured.plugin_cpu_ms:.2f} | {result.errors} |"
     )
 
 
@@ -52,24 +85,23 @@ def run() -> str:
         mounts = stack.add_skyflow_mounts("skyflow", "skyflow")
         client.read(f"{mounts[0]}/creds/producer")  # warm the token cache
         targets = {
-            "kv-v2 read (baseline)": "secret/data/bench",
-            "SDK example plugin read": "kvpy/kv/bench",
-            "skyflow warm creds read": f"{mounts[0]}/creds/producer",
+            "kv-v2 read (baseline)": ("secret/data/bench", None),
+            "SDK example plugin read": ("kvpy/kv/bench", "kvpy"),
+            "skyflow warm creds read": (f"{mounts[0]}/creds/producer", "skyflow"),
         }
         token = stack.bao.root_token
         for connections in CONNECTIONS:
             results = {}
-            for name, path in targets.items():
+            for name, (path, plugin) in targets.items():
                 run_wrk(stack.url(path), token, connections=connections, seconds=2)  # warm-up
-                results[name] = run_wrk(
-                    stack.url(path), token, connections=connections, seconds=SECONDS
-                )
-            base = results["kv-v2 read (baseline)"]
+                results[name] = measure(stack, path, plugin, connections)
+            base = results["kv-v2 read (baseline)"].load
             lines += [
                 f"### {connections} connection(s), {SECONDS} s each",
                 "",
-                "| read | req/s | p50 ms | p99 ms | throughput ratio | p50 ratio | non-200 |",
-                "|---|---|---|---|---|---|---|",
+                "| read | req/s | p50 ms | p99 ms | throughput ratio | p50 ratio "
+                "| OpenBao CPU ms/req | plugin CPU ms/req | non-200 |",
+                "|---|---|---|---|---|---|---|---|---|",
                 *(_row(name, result, base) for name, result in results.items()),
                 "",
             ]
