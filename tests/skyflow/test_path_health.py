@@ -184,3 +184,26 @@ async def test_unparseable_stored_config_fails_the_config_check(
     assert outcome.data["checks"]["config"]["ok"] is False
     assert "credentials_file_path" in outcome.data["checks"]["config"]["message"]
     assert outcome.data["checks"]["storage"]["ok"] is True
+
+
+async def test_a_probe_token_answers_for_skyflow_only_for_a_minute(
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A token from the config write's validation keeps health green for a minute at most:
+    after that health asks Skyflow again and reports it down."""
+    import time
+
+    from skyflow_vault_plugin.skyflow import path_health
+
+    await client.write("config", {"credentials_json": creds})  # validates: a probe token
+    assert (await client.read("health")).data["checks"]["skyflow"]["cached"] is True
+    emulator.state.set_faults(Faults(fail_status=503))
+    later = time.time() + path_health.HEALTH_PROBE_INTERVAL + 1
+    monkeypatch.setattr(path_health.time, "time", lambda: later)
+    outcome = await client.read("health")
+    assert outcome.status == 503
+    assert outcome.data["checks"]["skyflow"]["ok"] is False
+    assert outcome.data["checks"]["skyflow"]["status"] == 503

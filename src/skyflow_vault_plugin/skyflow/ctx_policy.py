@@ -93,6 +93,14 @@ async def resolve_ctx(policy: CtxPolicy, given: object, load_identity: IdentityL
     """The ctx to put into the assertion, or ``None``. Raises :class:`InvalidContext` (400)."""
     if given is None or (isinstance(given, str) and not given.strip()) or given == {}:
         given = None
+    if policy.template and isinstance(given, Mapping):
+        # Said first, whatever the mode: the caller tried to set what identity decides.
+        for key in sorted(given):
+            if key in policy.template:
+                raise InvalidContext(
+                    f"key {key!r} is filled from the caller's identity and cannot be set",
+                    field=f"ctx.{key}",
+                )
     if policy.mode == "none" and given is not None:
         raise InvalidContext("this role does not accept a ctx (ctx_mode is 'none')")
     if isinstance(given, str) and (policy.mode == "restricted" or policy.template):
@@ -109,12 +117,6 @@ async def resolve_ctx(policy: CtxPolicy, given: object, load_identity: IdentityL
             raise InvalidContext(f"required key {key!r} is missing", field=f"ctx.{key}")
     if not policy.template:
         return given
-    for key in sorted(sent):
-        if key in policy.template:
-            raise InvalidContext(
-                f"key {key!r} is filled from the caller's identity and cannot be set",
-                field=f"ctx.{key}",
-            )
     identity = await load_identity()
     resolved = dict(sent)
     for key, template in policy.template.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..sdk.framework import CodedError, FieldError, LogicalError
-from .errors import InvalidInput, SkyflowRejected, SkyflowUnavailable, UpstreamError
+from .errors import InvalidInput, SkyflowRejected, UpstreamError
 
 
 def to_logical(exc: Exception) -> LogicalError:
@@ -12,10 +12,10 @@ def to_logical(exc: Exception) -> LogicalError:
     key or token (the error classes redact both)."""
     if isinstance(exc, InvalidInput):
         return FieldError(exc.field, exc.message)
+    # The upstream errors' own text already says what happened ("Skyflow rejected the token
+    # request (HTTP 401, request id ...): ...", "cannot reach Skyflow (...)").
     if isinstance(exc, SkyflowRejected):
-        return CodedError(502, f"Skyflow rejected the token request: {exc}")
-    if isinstance(exc, SkyflowUnavailable):
-        return CodedError(503, f"Skyflow is unavailable: {exc}")
+        return CodedError(502, str(exc))
     if isinstance(exc, UpstreamError):
-        return CodedError(503, f"Skyflow error: {exc}")
+        return CodedError(503, str(exc))
     raise TypeError(f"no HTTP mapping for {type(exc).__name__}")
