@@ -202,7 +202,7 @@ async def test_a_probe_token_answers_for_skyflow_only_for_a_minute(
     assert (await client.read("health")).data["checks"]["skyflow"]["cached"] is True
     emulator.state.set_faults(Faults(fail_status=503))
     later = time.time() + path_health.HEALTH_PROBE_INTERVAL + 1
-    monkeypatch.setattr(path_health.time, "time", lambda: later)
+    monkeypatch.setattr(time, "time", lambda: later)
     outcome = await client.read("health")
     assert outcome.status == 503
     assert outcome.data["checks"]["skyflow"]["ok"] is False
