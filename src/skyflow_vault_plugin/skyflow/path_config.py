@@ -32,6 +32,7 @@ from .errors import InvalidInput, SkyflowRejected, UpstreamError
 from .errors_http import to_logical
 from .path_roles import validate_tags
 from .storage import ConfigEntry, utc_now
+from .telemetry import CONFIG_DELETE, CONFIG_READ, CONFIG_WRITE
 
 MAX_DESCRIPTION = 1024
 
@@ -175,6 +176,8 @@ async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
 
 def config_paths(b: SkyflowBackend) -> list[Path]:
     """The ``config`` path."""
+    traced = b.telemetry.instrument
+    write = traced(CONFIG_WRITE, partial(_write, b))
     return [
         Path(
             pattern="config",
@@ -183,17 +186,16 @@ def config_paths(b: SkyflowBackend) -> list[Path]:
             reject_unknown_fields=True,
             operations={
                 Operation.READ: OperationHandler(
-                    partial(_read, b), "Read the config (never the key)."
+                    traced(CONFIG_READ, partial(_read, b)), "Read the config (never the key)."
                 ),
-                Operation.CREATE: OperationHandler(
-                    partial(_write, b), "Configure the service account."
-                ),
+                Operation.CREATE: OperationHandler(write, "Configure the service account."),
                 Operation.UPDATE: OperationHandler(
-                    partial(_write, b),
+                    write,
                     "Update the config; fields not given keep their value.",
                 ),
                 Operation.DELETE: OperationHandler(
-                    partial(_delete, b), "Delete the config and forget every token."
+                    traced(CONFIG_DELETE, partial(_delete, b)),
+                    "Delete the config and forget every token.",
                 ),
             },
             help_synopsis="Configure the Skyflow service account of this mount.",

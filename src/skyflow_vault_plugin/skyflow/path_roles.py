@@ -29,6 +29,7 @@ from .backend import SkyflowBackend
 from .client import ASSERTION_LIFETIME, CTX_KEY
 from .ctx_policy import CTX_MODES, MAX_CTX_KEYS, check_template
 from .storage import RoleEntry, utc_now
+from .telemetry import ROLE_DELETE, ROLE_LIST, ROLE_READ, ROLE_WRITE
 
 MAX_ROLE_IDS = 64
 MAX_ROLE_ID_LENGTH = 128
@@ -214,10 +215,16 @@ async def _list(b: SkyflowBackend, req: Request, data: FieldData) -> Response | 
 
 def role_paths(b: SkyflowBackend) -> list[Path]:
     """The ``roles/`` and ``roles/<name>`` paths."""
+    traced = b.telemetry.instrument
+    write = traced(ROLE_WRITE, partial(_write, b))
     return [
         Path(
             pattern="roles/?",
-            operations={Operation.LIST: OperationHandler(partial(_list, b), "List the roles.")},
+            operations={
+                Operation.LIST: OperationHandler(
+                    traced(ROLE_LIST, partial(_list, b)), "List the roles."
+                )
+            },
             help_synopsis="List the roles of this mount.",
         ),
         Path(
@@ -226,13 +233,15 @@ def role_paths(b: SkyflowBackend) -> list[Path]:
             existence_check=partial(_exists, b),
             reject_unknown_fields=True,
             operations={
-                Operation.READ: OperationHandler(partial(_read, b), "Read a role."),
-                Operation.CREATE: OperationHandler(partial(_write, b), "Create a role."),
+                Operation.READ: OperationHandler(
+                    traced(ROLE_READ, partial(_read, b)), "Read a role."
+                ),
+                Operation.CREATE: OperationHandler(write, "Create a role."),
                 Operation.UPDATE: OperationHandler(
-                    partial(_write, b), "Update a role; fields not given keep their value."
+                    write, "Update a role; fields not given keep their value."
                 ),
                 Operation.DELETE: OperationHandler(
-                    partial(_delete, b), "Delete a role and forget its tokens."
+                    traced(ROLE_DELETE, partial(_delete, b)), "Delete a role and forget its tokens."
                 ),
             },
             help_synopsis="Manage a role: the Skyflow role IDs its tokens are scoped to.",
