@@ -100,10 +100,25 @@ def test_survives_reload(server: OpenBaoServer, client: BaoClient) -> None:
 
 def test_survives_a_killed_plugin(server: OpenBaoServer, client: BaoClient) -> None:
     client.write("kvb/kv/survivor", {"value": {"y": 2}})
-    for pid in plugin_pids(server, "kvpy"):
+    killed = plugin_pids(server, "kvpy")
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
+    # A request racing the kill can meet the dead connection before the host notices
+    # (500 "connection reset"); once the host has seen the exit it restarts the plugin.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in killed):
+        time.sleep(0.05)
+    time.sleep(0.5)
     entry = client.read("kvb/kv/survivor")  # the host restarts the plugin and retries
     assert entry["data"] == {"y": 2}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
 
 
 def test_run_by_hand_explains_itself(server: OpenBaoServer) -> None:

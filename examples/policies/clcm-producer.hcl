@@ -1,0 +1,6 @@
+# Producer applications of the clcm business unit: Skyflow tokens for the "producer" role of
+# the skyflow/clcm mount, and nothing else (no other role, no config, no roles, no other unit).
+# "read" is GET (ctx in the query string); "update" is POST/PUT (ctx as a JSON object in the body).
+path "skyflow/clcm/creds/producer" {
+  capabilities = ["read", "update"]
+}

@@ -1,0 +1,132 @@
+"""The ``skyflow-vault-plugin`` command: plugin with no arguments, operator tool with some."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skyflow_vault_plugin import __version__
+from skyflow_vault_plugin.cli import main
+from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY
+
+SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"
+
+
+def test_no_arguments_outside_a_host_explains_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(MAGIC_COOKIE_KEY, raising=False)
+    assert main([]) == 1
+    err = capsys.readouterr().err
+    assert "This binary is a plugin. These are not meant to be executed directly." in err
+    assert "skyflow-vault-plugin install --plugin-dir" in err
+
+
+def test_console_script_by_hand_has_no_traceback() -> None:
+    done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "This binary is a plugin" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["version"]])
+def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"skyflow-vault-plugin v{__version__}"
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-h"]) == 0
+    out = capsys.readouterr().out
+    assert "install" in out
+    assert "check" in out
+    assert main(["install", "--help"]) == 0
+    assert "--plugin-dir" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bogus"]) == 2
+    assert main(["install"]) == 2  # --plugin-dir is required
+    assert main(["install", "--plugin-dir", str(tmp_path), "--env", "NOEQUALS"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "missing"), "--runs", "0"]) == 2
+
+
+def test_check_reports_a_file_that_does_not_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "not-a-plugin"
+    script.write_text("#!/bin/sh\necho 'no plugin here' >&2\nexit 4\n")
+    script.chmod(0o755)
+    assert main(["check", str(script), "--runs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "did not start" in err
+    assert "no plugin here" in err
+
+
+def test_install_prints_the_sha256_and_commands_that_register_and_mount(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    done = subprocess.run(
+        [
+            str(SCRIPT),
+            "install",
+            "--plugin-dir",
+            str(plugins),
+            "--env",
+            "SSL_CERT_FILE=/etc/ssl/skyflow ca.pem",
+            "--env",
+            "ENV=prod",
+            "--mount",
+            "skyflow/insurance",
+            "--mount",
+            "skyflow/lending",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    launcher = plugins / "skyflow"
+    digest = hashlib.sha256(launcher.read_bytes()).hexdigest()
+    lines = done.stdout.splitlines()
+    assert f"sha256: {digest}" in lines
+    commands = [shlex.split(line) for line in lines if line.startswith("  bao ")]
+    commands += [shlex.split(line) for line in lines if line.startswith("  vault ")]
+    assert [
+        "bao",
+        "write",
+        "sys/plugins/catalog/secret/skyflow",
+        f"sha256={digest}",
+        "command=skyflow",
+        "env=SSL_CERT_FILE=/etc/ssl/skyflow ca.pem",
+        "env=ENV=prod",
+    ] in commands
+    assert ["bao", "secrets", "enable", "-path=skyflow/insurance", "skyflow"] in commands
+    assert ["bao", "secrets", "enable", "-path=skyflow/lending", "skyflow"] in commands
+    assert [
+        "vault",
+        "plugin",
+        "register",
+        f"-sha256={digest}",
+        "-command=skyflow",
+        "-env=SSL_CERT_FILE=/etc/ssl/skyflow ca.pem",
+        "-env=ENV=prod",
+        "secret",
+        "skyflow",
+    ] in commands
+
+    check = subprocess.run(
+        [str(SCRIPT), "check", str(launcher), "--runs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"{launcher}: handshake after" in check.stdout
+    assert "every pinned file matched" in check.stdout
