@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, install_plugin, python_launcher
+from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, PluginInfo, python_launcher
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
+from skyflow_vault_plugin.install import install
 
 PLUGIN_NAME = "skyflow"
 PLUGIN_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
+"""A plain launcher, for modules that register a second catalog entry with other env."""
 
 
 @dataclass
@@ -62,6 +64,22 @@ class SkyflowStack:
         return path
 
 
+def install_as_operator(bao: OpenBaoServer, name: str) -> PluginInfo:
+    """``skyflow-vault-plugin install`` into the server's plugin directory (the verifying
+    launcher), then registration by sha256, as docs/operations.md tells an operator."""
+    installation = install(bao.plugin_dir, name)
+    bao.client().register_plugin(name, sha256=installation.sha256, command=name)
+    info = PluginInfo(
+        name=name,
+        sha256=installation.sha256,
+        path=installation.path,
+        version=None,
+        command=name,
+    )
+    bao.record_plugin(info)
+    return info
+
+
 def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> SkyflowStack:
     """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
@@ -73,7 +91,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
         emulator.stop()
         raise
     try:
-        install_plugin(bao, name=PLUGIN_NAME, executable=PLUGIN_LAUNCHER)
+        install_as_operator(bao, PLUGIN_NAME)
     except BaseException:
         bao.close()
         emulator.stop()
