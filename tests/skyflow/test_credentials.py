@@ -324,3 +324,11 @@ def test_load_credentials_file_errors(tmp_path: Path, creds: dict[str, Any], pkc
         load_credentials_file(garbled)
     assert info.value.field == "credentials_file_path"
     assert "PRIVATE" not in str(info.value)
+
+
+def test_json_nested_beyond_the_parser_is_a_credentials_error() -> None:
+    from skyflow_vault_plugin.skyflow.credentials import CredentialsError, parse_credentials
+
+    with pytest.raises(CredentialsError) as info:
+        parse_credentials('{"a":' * 100_000 + "1" + "}" * 100_000)
+    assert info.value.field == "credentials_json"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +129,17 @@ def load_credentials_file(
     content errors name ``<field>.<key>``.
     """
     file = Path(path)
+    if "\x00" in str(path):
+        raise CredentialsError(field, "must not contain a NUL character")
     if not file.is_absolute():
         raise CredentialsError(field, "must be an absolute path")
     try:
+        mode = file.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise CredentialsError(field, f"{str(file)!r} is a directory")
+        if not stat.S_ISREG(mode):
+            # A FIFO or device would block the read, or never end.
+            raise CredentialsError(field, f"{str(file)!r} is not a regular file")
         with file.open("rb") as handle:
             content = handle.read(MAX_CREDENTIALS_BYTES + 1)
     except FileNotFoundError:
@@ -170,6 +179,8 @@ def _as_mapping(raw: str | bytes | Mapping[str, object], prefix: str) -> Mapping
         raise CredentialsError(
             prefix, f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise CredentialsError(prefix, "is nested too deeply to be credentials") from None
     if not isinstance(data, dict):
         raise CredentialsError(prefix, f"must be a JSON object, not {_json_type(data)}")
     return data

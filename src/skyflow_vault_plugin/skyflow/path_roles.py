@@ -8,6 +8,7 @@ characters; a description of up to 1024 characters.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict
 from functools import partial
 from typing import Any
@@ -37,7 +38,21 @@ MAX_TAGS = 32
 MAX_TAG_LENGTH = 64
 MAX_NAME_LENGTH = 128
 ROLE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_ROLE_ID_LENGTH}}}")
-TAG = re.compile(rf"[^\s,\x00-\x1f]{{1,{MAX_TAG_LENGTH}}}")
+TAG = re.compile(rf"[^\s,]{{1,{MAX_TAG_LENGTH}}}")
+MAX_TEMPLATE_LENGTH = 256
+MAX_CTX_KEY_LENGTH = 128
+# Control, format (e.g. the right-to-left override that disguises "exe.txt"), private-use,
+# surrogate and unassigned characters: never meaningful in a label an operator reads.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Co", "Cs", "Cn"})
+
+
+def check_printable(text: str) -> None:
+    """Refuse characters that do not print or that disguise text."""
+    for char in text:
+        if unicodedata.category(char) in _UNPRINTABLE:
+            raise ValueError(f"contains the unprintable character U+{ord(char):04X}")
+
+
 TOKEN_LIFETIME = ASSERTION_LIFETIME  # Skyflow bearer tokens live 60 minutes
 
 
@@ -65,6 +80,7 @@ def validate_tags(tags: list[str]) -> None:
     for tag in tags:
         if not TAG.fullmatch(tag):
             raise ValueError(f"tag {tag[:40]!r} must be 1-{MAX_TAG_LENGTH} printable characters")
+        check_printable(tag)
 
 
 def validate_min_remaining_ttl(seconds: int) -> None:
@@ -80,6 +96,8 @@ def validate_ctx_keys(keys: list[str]) -> None:
     if len(keys) > MAX_CTX_KEYS:
         raise ValueError(f"at most {MAX_CTX_KEYS} keys are allowed")
     for key in keys:
+        if len(key) > MAX_CTX_KEY_LENGTH:
+            raise ValueError(f"key {key[:40]!r}... is longer than {MAX_CTX_KEY_LENGTH}")
         if not CTX_KEY.fullmatch(key):
             raise ValueError(f"key {key[:40]!r} must match ^[a-zA-Z0-9_]+$")
 
@@ -89,6 +107,10 @@ def validate_ctx_template(template: dict[str, Any]) -> None:
     if len(template) > MAX_CTX_KEYS:
         raise ValueError(f"at most {MAX_CTX_KEYS} keys are allowed")
     for key, value in template.items():
+        if len(key) > MAX_CTX_KEY_LENGTH:
+            raise ValueError(f"key {key[:40]!r}... is longer than {MAX_CTX_KEY_LENGTH}")
+        if isinstance(value, str) and len(value) > MAX_TEMPLATE_LENGTH:
+            raise ValueError(f"template for {key[:40]!r} is longer than {MAX_TEMPLATE_LENGTH}")
         check_template(key, value)
 
 

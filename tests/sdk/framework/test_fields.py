@@ -113,3 +113,8 @@ def test_defaults_are_copied() -> None:
     first = spec.default_value()
     first.append("y")
     assert spec.default_value() == ["x"]
+
+
+def test_map_text_nested_beyond_the_parser_is_a_field_error() -> None:
+    with pytest.raises(FieldError, match="expected a JSON object"):
+        parse(FieldType.MAP, "[" * 100_000 + "]" * 100_000)

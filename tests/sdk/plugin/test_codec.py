@@ -71,3 +71,21 @@ def test_decode_request_lowercases_headers_and_keeps_no_token() -> None:
 def test_null_data_is_an_empty_mapping() -> None:
     request = decode_request(pb.Request(operation="read", data="null"), InMemoryStorage())
     assert request.data == {}
+
+
+def test_data_nested_beyond_the_parser_is_a_400_naming_the_field() -> None:
+    import pytest
+
+    from skyflow_vault_plugin.sdk.framework import FieldError
+
+    deep = '{"ok": 1, "ctx": {"k": ' + "[" * 5000 + "]" * 5000 + "}}"
+    with pytest.raises(FieldError) as info:
+        decode_request(pb.Request(operation="update", data=deep), InMemoryStorage())
+    assert info.value.field == "ctx"
+
+
+def test_too_deep_field_ignores_brackets_inside_strings() -> None:
+    from skyflow_vault_plugin.sdk.plugin.codec import too_deep_field
+
+    assert too_deep_field('{"a": "' + "[" * 500 + '"}') is None
+    assert too_deep_field('{"a\\"b": ' + "[" * 200 + "]" * 200 + "}") == 'a"b'

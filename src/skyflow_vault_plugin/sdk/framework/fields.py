@@ -202,7 +202,7 @@ def parse_map(name: str, raw: object) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FieldError(name, "expected a JSON object") from None
     if not isinstance(raw, dict):
         raise FieldError(name, f"expected a JSON object, got {_json_type(raw)}")

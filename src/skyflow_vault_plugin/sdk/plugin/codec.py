@@ -9,6 +9,7 @@ from typing import Any
 from ..framework.errors import (
     BadRequest,
     CodedError,
+    FieldError,
     LogicalError,
     PermissionDenied,
     ReadOnlyStorageError,
@@ -39,7 +40,13 @@ log = logging.getLogger("sdk.plugin")
 
 def decode_request(message: pb.Request, storage: Storage) -> Request:
     """A framework request from the wire request; the client token is left out."""
-    data: Any = json.loads(message.data) if message.data else None
+    try:
+        data: Any = json.loads(message.data) if message.data else None
+    except RecursionError:
+        field = too_deep_field(message.data)
+        if field is None:
+            raise BadRequest("request data is nested too deeply") from None
+        raise FieldError(field, "nested too deeply") from None
     if data is None:
         data = {}
     elif not isinstance(data, dict):
@@ -61,6 +68,35 @@ def decode_request(message: pb.Request, storage: Storage) -> Request:
         remote_port=message.connection.remote_port,
         headers=headers,
     )
+
+
+def too_deep_field(text: str, limit: int = 100) -> str | None:
+    """The top-level key whose value nests deeper than ``limit``, found by scanning the
+    JSON text (the parser itself gave up); ``None`` if there is none."""
+    depth, key, in_string, escaped, start = 0, None, False, False, 0
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+                if depth == 1:
+                    try:
+                        key = json.loads(text[start : index + 1])
+                    except ValueError:
+                        key = None
+            continue
+        if char == '"':
+            in_string, start = True, index
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return key if isinstance(key, str) else None
+        elif char in "]}":
+            depth -= 1
+    return None
 
 
 def encode_response(response: Response | None) -> pb.HandleRequestReply:

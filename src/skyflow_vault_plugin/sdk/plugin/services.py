@@ -15,7 +15,7 @@ from grpclib.health.v1 import health_grpc, health_pb2
 from grpclib.server import Stream
 
 from ..framework.backend import Backend, BackendConfig, BackendFactory
-from ..framework.errors import ReadOnlyStorageError
+from ..framework.errors import BadRequest, ReadOnlyStorageError
 from .broker import Broker
 from .codec import (
     ERR_INTERNAL,
@@ -154,7 +154,13 @@ class BackendService(backend_grpc.BackendBase):
             await stream.send_message(pb.HandleExistenceCheckReply(err=_NOT_SET_UP))
             return
         try:
-            request = decode_request(args.request, mount.backend.storage)
+            try:
+                request = decode_request(args.request, mount.backend.storage)
+            except BadRequest:
+                # Undecodable data: let the operation itself answer 400, naming the field
+                # (an error here would reach the caller as a 500).
+                await stream.send_message(pb.HandleExistenceCheckReply())
+                return
             found, exists = await mount.backend.handle_existence_check(request)
             reply = pb.HandleExistenceCheckReply(check_found=found, exists=exists)
         except Exception as exc:
