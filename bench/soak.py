@@ -23,8 +23,8 @@ The figures:
   plugin must call Skyflow: once per (role, ctx) per reuse window (token lifetime minus the
   role's ``min_remaining_ttl``), again after a write of that role or of the config (which
   also mints one token to validate the credentials), on every read of an uncached role, and
-  for health once per token lifetime. The prediction is compared with the tokens the
-  client actually saw change and with the emulator's own count of token requests.
+  for health at most once a minute. The prediction is compared with the tokens the client
+  actually saw change and with the emulator's own count of token requests.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ CACHED_ROLES = {"producer": ["producer-role"], "consumer": ["consumer-role"]}
 UNCACHED_ROLE = "audit"
 MIN_REMAINING = 60  # the roles' min_remaining_ttl
 HEALTH_MIN_REMAINING = 60.0  # path_health.HEALTH_MIN_REMAINING
+HEALTH_PROBE_INTERVAL = 60.0  # path_health.HEALTH_PROBE_INTERVAL
 USERS = tuple(f"user{i}" for i in range(5))
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
@@ -82,48 +83,66 @@ MIX: tuple[tuple[str, float], ...] = (
 
 
 Window = tuple[float, float]
-"""An expiry known to lie between two instants (epoch seconds)."""
+"""An instant known to lie between two others (epoch seconds)."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """A token the model knows the plugin holds: when it expires and when it was issued."""
+
+    expires: Window
+    issued: Window
 
 
 @dataclass
 class CacheModel:
     """What the plugin's token cache must hold, to predict each upstream call.
 
-    Expiries are kept as ranges: a creds answer gives the exact ``expires_at``, but the
-    health token's is only known to lie between the request's start and end (plus the
-    lifetime, to the emulator's whole second).
+    Instants are kept as ranges: a creds answer gives the exact ``expires_at``, but a health
+    token's expiry and issue time are only known to lie between the request's start and end
+    (plus the lifetime, to the emulator's whole second).
     """
 
     lifetime: int
-    expiry: dict[tuple[str, str, str], Window] = field(default_factory=dict)
+    held: dict[tuple[str, str, str], Held] = field(default_factory=dict)
     last_token: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    health_expiry: dict[str, Window] = field(default_factory=dict)
+    health: dict[str, Held] = field(default_factory=dict)
 
-    def minted(self, started: float, ended: float) -> Window:
-        return float(int(started) + self.lifetime), float(int(ended) + self.lifetime)
+    def minted(self, started: float, ended: float) -> Held:
+        expires = (float(int(started) + self.lifetime), float(int(ended) + self.lifetime))
+        return Held(expires, (started, ended))
 
     def role_written(self, mount: str, role: str) -> None:
-        for key in [k for k in self.expiry if k[0] == mount and k[1] == role]:
-            del self.expiry[key]
+        for key in [k for k in self.held if k[0] == mount and k[1] == role]:
+            del self.held[key]
 
     def config_written(self, mount: str, started: float, ended: float) -> None:
-        for key in [k for k in self.expiry if k[0] == mount]:
-            del self.expiry[key]
+        for key in [k for k in self.held if k[0] == mount]:
+            del self.held[key]
         # the validation probe's token becomes the health token
-        self.health_expiry[mount] = self.minted(started, ended)
+        self.health[mount] = self.minted(started, ended)
 
 
 def needs_call(
-    expiry: Window | None, min_remaining: float, started: float, ended: float
+    held: Held | None,
+    min_remaining: float,
+    started: float,
+    ended: float,
+    max_age: float | None = None,
 ) -> bool | None:
     """Whether the plugin must mint: True, False, or None when it depends on the exact
-    instant it decided (a reuse-window boundary fell inside the request)."""
-    if expiry is None:
+    instant it decided (a boundary fell inside the request). A held token answers while it
+    stays valid ``min_remaining`` seconds and, with ``max_age``, was issued less than that
+    long ago (health probes Skyflow at most once a minute)."""
+    if held is None:
         return True
-    low, high = expiry
-    if high - started < min_remaining:
+    (exp_low, exp_high), (issued_low, issued_high) = held.expires, held.issued
+    if exp_high - started < min_remaining:
         return True
-    if low - ended >= min_remaining:
+    if max_age is not None and started - issued_high >= max_age:
+        return True
+    fresh = max_age is None or ended - issued_low < max_age
+    if exp_low - ended >= min_remaining and fresh:
         return False
     return None
 
@@ -299,12 +318,16 @@ class Soak:
                 return
             skyflow = response.json()["data"]["checks"]["skyflow"]
             observed = not skyflow.get("cached", False)
-            expiry = self.model.health_expiry.get(mount)
-            self._tally(
-                f"health {mount}", needs_call(expiry, HEALTH_MIN_REMAINING, now, ended), observed
+            predicted = needs_call(
+                self.model.health.get(mount),
+                HEALTH_MIN_REMAINING,
+                now,
+                ended,
+                max_age=HEALTH_PROBE_INTERVAL,
             )
+            self._tally(f"health {mount}", predicted, observed)
             if observed:
-                self.model.health_expiry[mount] = self.model.minted(now, ended)
+                self.model.health[mount] = self.model.minted(now, ended)
         elif op == "bad_ctx":
             response = client.request(
                 "POST", f"{mount}/creds/{role}", json={"ctx": {"not a key!": "x"}}
@@ -323,14 +346,14 @@ class Soak:
             self._unexpected(op, f"HTTP {status}, expected {wanted}")
 
     def _account_creds(self, key: tuple[str, str, str], data: dict[str, Any], now: float) -> None:
-        predicted = needs_call(self.model.expiry.get(key), MIN_REMAINING, now, time.time())
+        predicted = needs_call(self.model.held.get(key), MIN_REMAINING, now, time.time())
         token = str(data["access_token"])
         observed = self.model.last_token.get(key) != token
         self._tally(f"creds {key}", predicted, observed)
         self.model.last_token[key] = token
         if observed:
             expires_at = _epoch(str(data["expires_at"]))
-            self.model.expiry[key] = (expires_at, expires_at)
+            self.model.held[key] = Held((expires_at, expires_at), (now, time.time()))
 
     def _tally(self, what: str, predicted: bool | None, observed: bool) -> None:
         """Count one prediction; ``None`` (a boundary case) counts as right either way."""
@@ -385,6 +408,7 @@ class Result:
             self.unexpected_errors == 0
             and abs(self.rss_change_pct) <= 10.0
             and self.upstream_calls == self.observed_calls
+            and self.mispredictions == 0
             and self.plugin_pid_changes == 0
         )
 
@@ -516,6 +540,20 @@ def run(
 # ------------------------------------------------------------------------------- reporting
 
 
+def rss_slope(result: Result) -> float:
+    """Least-squares RSS growth after the warm-up, in KiB per minute."""
+    warm_up = min(60.0, result.duration_s / 5)
+    points = [(float(t), float(kib)) for t, kib in result.rss_samples if t >= warm_up]
+    if len(points) < 2:
+        return 0.0
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_k = statistics.fmean(k for _, k in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    if not spread:
+        return 0.0
+    return 60.0 * sum((t - mean_t) * (k - mean_k) for t, k in points) / spread
+
+
 def render(result: Result) -> str:
     """The Markdown section for docs/reliability.md."""
     verdict = "PASS" if result.passed else "FAIL"
@@ -538,6 +576,7 @@ def render(result: Result) -> str:
         f"| plugin RSS at the end | {result.rss_end_kib / 1024:.1f} MiB "
         f"(**{result.rss_change_pct:+.1f}%**) |",
         f"| plugin RSS peak | {result.rss_peak_kib / 1024:.1f} MiB |",
+        f"| plugin RSS trend after warm-up (least squares) | {rss_slope(result):+.0f} KiB/min |",
         f"| plugin process restarts | {result.plugin_pid_changes} |",
         f"| upstream token calls (emulator count) | **{result.upstream_calls}** |",
         f"| upstream calls predicted by the cache model | {result.predicted_calls} |",
