@@ -327,7 +327,8 @@ def test_load_credentials_file_errors(tmp_path: Path, creds: dict[str, Any], pkc
 
 
 def test_json_nested_beyond_the_parser_is_a_credentials_error() -> None:
-    from skyflow_vault_plugin.skyflow.credentials import CredentialsError, parse_credentials
+    from skyflow_vault_plugin.skyflow.credentials import parse_credentials
+    from skyflow_vault_plugin.skyflow.errors import CredentialsError
 
     with pytest.raises(CredentialsError) as info:
         parse_credentials('{"a":' * 100_000 + "1" + "}" * 100_000)
