@@ -12,9 +12,9 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-import h2.connection
 from grpclib._typing import IServable
 from grpclib.server import Server
+from h2.connection import H2Connection
 
 from ..framework.backend import BackendFactory
 from .broker import Broker
@@ -97,7 +97,7 @@ async def _run(
     # h2 remembers up to 2**16 closed streams per connection, to recognise late frames;
     # the host opens two streams per request on one long-lived connection, so that set alone
     # grew the process by ~11 MiB over the first 50,000 requests. A few thousand suffice.
-    h2.connection.H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
+    H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
     broker = Broker(tls.client if tls else None)
     backends = BackendService(factory, broker)
     services: list[IServable] = [
