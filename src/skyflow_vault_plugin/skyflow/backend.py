@@ -172,6 +172,7 @@ class SkyflowBackend:
             self._client = TokenClient(
                 self.policy,
                 transport=self.settings.transport,
+                verify=shared_tls_context(),
                 on_attempt=self.telemetry.on_attempt,
             )
         return self._client
