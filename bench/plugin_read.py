@@ -14,10 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.fakehost import host_certificate_pem, host_env, time_to_handshake
 from bench.stack import BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
 from skyflow_vault_plugin.devtools.openbao import plugin_pids
+from skyflow_vault_plugin.install import fake_host_environment, measure_startup
 
 SECONDS = 10
 CONNECTIONS = (1, 16)
@@ -61,7 +61,7 @@ def _row(name: str, measured: Measured, base: LoadResult) -> str:
 
 def handshake_times(runs: int = 10) -> dict[str, float]:
     """Median exec-to-handshake (ms) for the plugin and for a bare interpreter."""
-    env = host_env(host_certificate_pem())
+    env = fake_host_environment()
     py = sys.executable
     plugin = "import sys; from skyflow_vault_plugin.cli import main; sys.exit(main())"
     commands = {
@@ -69,7 +69,7 @@ def handshake_times(runs: int = 10) -> dict[str, float]:
         "bare python printing a line": [py, "-c", "print('1|5|unix|x|grpc|', flush=True)"],
     }
     return {
-        name: statistics.median(time_to_handshake(cmd, env) for _ in range(runs)) * 1000
+        name: statistics.median(measure_startup(cmd, env=env).handshake_ms for _ in range(runs))
         for name, cmd in commands.items()
     }
 
