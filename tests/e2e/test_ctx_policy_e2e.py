@@ -22,7 +22,7 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
+from skyflow_vault_plugin.devtools.client import BaoClient, error_text, fail_status
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin
 
 if TYPE_CHECKING:
@@ -74,23 +74,10 @@ class Issued:
     claims: dict[str, Any]
 
 
-def _fail_status(response: httpx.Response, expected: int) -> None:
-    shown = "<a success body, not shown>" if response.is_success else response.text[:600]
-    pytest.fail(f"expected HTTP {expected}, got {response.status_code}: {shown}")
-
-
-def error_text(response: httpx.Response, expected: int) -> str:
-    """The response's error messages joined, after checking its status."""
-    if response.status_code != expected:
-        _fail_status(response, expected)
-    errors = response.json().get("errors")
-    return " | ".join(str(e) for e in errors) if isinstance(errors, list) else response.text
-
-
 def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
     """Check a 200 ``creds`` answer and return it without the raw token."""
     if response.status_code != 200:
-        _fail_status(response, 200)
+        fail_status(response, 200)
     token = response.json()["data"]["access_token"]
     claims: dict[str, Any] = jwt.decode(
         token, public_key, algorithms=["RS256"], audience=stack.emulator.url.rstrip("/")

@@ -27,7 +27,7 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
+from skyflow_vault_plugin.devtools.client import BaoClient, error_text, fail_status
 from skyflow_vault_plugin.devtools.openbao import free_port
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin
 
@@ -71,24 +71,6 @@ def _sha(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _fail_status(response: httpx.Response, expected: int) -> None:
-    """Fail showing the status and, only for an error, the body (a 2xx body has a token)."""
-    shown = "<a success body, not shown>" if response.is_success else response.text[:600]
-    pytest.fail(f"expected HTTP {expected}, got {response.status_code}: {shown}")
-
-
-def error_text(response: httpx.Response, expected: int) -> str:
-    """The response's error messages joined, after checking its status."""
-    if response.status_code != expected:
-        _fail_status(response, expected)
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text
-    errors = body.get("errors") if isinstance(body, dict) else None
-    return " | ".join(str(e) for e in errors) if isinstance(errors, list) else response.text
-
-
 def decode_token(stack: SkyflowStack, public_key: str, token: str) -> dict[str, Any]:
     """Verify an emulator-issued access token (RS256, audience = the emulator's URL)."""
     claims: dict[str, Any] = jwt.decode(
@@ -104,7 +86,7 @@ def decode_token(stack: SkyflowStack, public_key: str, token: str) -> dict[str, 
 def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
     """Check a 200 ``creds`` answer and return it without the raw token."""
     if response.status_code != 200:
-        _fail_status(response, 200)
+        fail_status(response, 200)
     body = response.json()
     data = body["data"]
     token = data["access_token"]

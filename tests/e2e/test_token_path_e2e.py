@@ -29,7 +29,7 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
+from skyflow_vault_plugin.devtools.client import BaoClient, error_text, fail_status
 from skyflow_vault_plugin.devtools.openbao import PluginInfo, install_plugin, python_launcher
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin
 
@@ -59,23 +59,10 @@ class Issued:
     warnings: list[str]
 
 
-def _fail_status(response: httpx.Response, expected: int) -> None:
-    shown = "<a success body, not shown>" if response.is_success else response.text[:600]
-    pytest.fail(f"expected HTTP {expected}, got {response.status_code}: {shown}")
-
-
-def error_text(response: httpx.Response, expected: int) -> str:
-    """The response's error messages joined, after checking its status."""
-    if response.status_code != expected:
-        _fail_status(response, expected)
-    errors = response.json().get("errors")
-    return " | ".join(str(e) for e in errors) if isinstance(errors, list) else response.text
-
-
 def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
     """Check a 200 ``creds`` answer and return it without the raw token."""
     if response.status_code != 200:
-        _fail_status(response, 200)
+        fail_status(response, 200)
     body = response.json()
     data = body["data"]
     token = data["access_token"]

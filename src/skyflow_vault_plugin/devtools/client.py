@@ -19,7 +19,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import httpx
 
@@ -61,6 +61,25 @@ class BaoError(OpenBaoError):
         self.path = path
         detail = "; ".join(errors) if errors else "(no error message)"
         super().__init__(f"{method} {path}: HTTP {status}: {detail}")
+
+
+def fail_status(response: httpx.Response, expected: int) -> NoReturn:
+    """Fail a status expectation, showing the body only for an error: a success body may
+    hold a token, which must not reach test output."""
+    shown = "<a success body, not shown>" if response.is_success else response.text[:600]
+    raise AssertionError(f"expected HTTP {expected}, got {response.status_code}: {shown}")
+
+
+def error_text(response: httpx.Response, expected: int) -> str:
+    """Check ``response`` has status ``expected`` and return its error messages joined."""
+    if response.status_code != expected:
+        fail_status(response, expected)
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    errors = body.get("errors") if isinstance(body, dict) else None
+    return " | ".join(str(e) for e in errors) if isinstance(errors, list) else response.text
 
 
 def _errors_of(response: httpx.Response) -> list[str]:
