@@ -77,14 +77,12 @@ class _Generations:
     """Counters bumped by every change of what tokens derive from (see cache.py)."""
 
     config: int = 0
-    roles: dict[str, int] | None = None
+    roles: dict[str, int] = field(default_factory=dict)
 
     def role(self, name: str) -> int:
-        return (self.roles or {}).get(name, 0)
+        return self.roles.get(name, 0)
 
     def bump_role(self, name: str) -> None:
-        if self.roles is None:
-            self.roles = {}
         self.roles[name] = self.roles.get(name, 0) + 1
 
 
