@@ -442,7 +442,7 @@ def _servers(work_dir: Path, lifetime: int) -> Iterator[tuple[OpenBaoServer, Emu
     emulator = EmulatorProcess(state_dir=work_dir / "emulator", token_lifetime=lifetime).start()
     try:
         bao = OpenBaoServer.dev(
-            work_dir / "bao", env={"SSL_CERT_FILE": emulator.ca_file}, log_level="info"
+            work_dir / "bao", env={"SKYFLOW_CA_FILE": emulator.ca_file}, log_level="info"
         )
         with bao:
             install_plugin(bao, name=PLUGIN, executable=python_launcher("skyflow_vault_plugin.cli"))

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="environment for the plugin, shown in the registration commands (repeatable), "
-        "e.g. SSL_CERT_FILE=/etc/ssl/skyflow-ca.pem or ENV=prod",
+        "e.g. SKYFLOW_CA_FILE=/etc/ssl/skyflow-ca.pem or ENV=prod",
     )
     install.add_argument(
         "--mount",

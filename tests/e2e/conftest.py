@@ -84,7 +84,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
     """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
-        env = {"SSL_CERT_FILE": emulator.ca_file, **(server_env or {})}
+        env = {"SKYFLOW_CA_FILE": emulator.ca_file, **(server_env or {})}
         bao = OpenBaoServer.dev(work_dir / "bao", env=env)
         bao.start()
     except BaseException:

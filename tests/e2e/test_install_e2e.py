@@ -51,7 +51,7 @@ def test_install_then_the_printed_commands_serve_tokens(
             "--plugin-dir",
             str(bao.plugin_dir),
             "--env",
-            f"SSL_CERT_FILE={emulator.ca_file}",
+            f"SKYFLOW_CA_FILE={emulator.ca_file}",
             "--env",
             "ENV=dev",
         ],
@@ -99,7 +99,10 @@ def test_openbao_cannot_start_a_tampered_install(
     copy = tmp_path / "src" / "skyflow_vault_plugin"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     installed = install(
-        bao.plugin_dir, "skyflow-copy", package_dir=copy, env=[f"SSL_CERT_FILE={emulator.ca_file}"]
+        bao.plugin_dir,
+        "skyflow-copy",
+        package_dir=copy,
+        env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"],
     )
     bao.cli(*installed.bao_register_argv()[1:], check=True)
     client = bao.client()

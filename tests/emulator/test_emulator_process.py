@@ -10,13 +10,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import jwt
 import pytest
 
 from skyflow_vault_plugin.emulator import EmulatorError, EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
-from skyflow_vault_plugin.skyflow.errors import SkyflowUnavailable
+from skyflow_vault_plugin.skyflow.errors import SkyflowUntrusted
+from skyflow_vault_plugin.skyflow.trust import TrustStore
 
 POLICY = ExchangePolicy(deadline=10.0, backoff_base=0.01, backoff_max=0.05)
 
@@ -96,10 +98,26 @@ async def test_untrusted_ca_fails_without_retry(
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     account = load_credentials_file(emulator.account_files[1])
     async with TokenClient(POLICY) as client:
-        with pytest.raises(SkyflowUnavailable, match="TLS certificate verification") as info:
+        with pytest.raises(SkyflowUntrusted, match="TLS certificate verification") as info:
             await client.exchange(account)
     assert info.value.attempts == 1
+    assert "SKYFLOW_CA_FILE" in str(info.value)  # the fix, not "retry"
     assert emulator.admin.stats()["token_calls"] == 0
+
+
+async def test_skyflow_ca_file_wins_over_a_global_ssl_cert_file(
+    emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A host that points SSL_CERT_FILE at the public bundle: the emulator is not in it.
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    account = load_credentials_file(emulator.account_files[1])
+    trust = TrustStore({"SKYFLOW_CA_FILE": emulator.ca_file, "SSL_CERT_FILE": certifi.where()})
+    async with TokenClient(POLICY, verify=trust.context()) as client:
+        token = await client.exchange(account)
+    assert token.attempts == 1
+    async with TokenClient(POLICY, verify=TrustStore({}).context()) as client:
+        with pytest.raises(SkyflowUntrusted):
+            await client.exchange(account)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -113,7 +113,7 @@ def start_stack(
     install the plugin; ``fast_plugin`` also registers :data:`FAST_PLUGIN`."""
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
-        env = {"SSL_CERT_FILE": emulator.ca_file, **(server_env or {})}
+        env = {"SKYFLOW_CA_FILE": emulator.ca_file, **(server_env or {})}
         factory = OpenBaoServer.raft if raft else OpenBaoServer.dev
         bao = factory(work_dir / "bao", env=env, audit_log=audit_log)
         bao.start()

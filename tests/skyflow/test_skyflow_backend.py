@@ -10,6 +10,7 @@ from skyflow_vault_plugin.sdk.framework import BackendConfig
 from skyflow_vault_plugin.sdk.testing import InMemoryStorage
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend
+from skyflow_vault_plugin.skyflow.trust import shared_tls_context
 
 
 def test_mounts_share_one_tls_trust_store_but_not_a_client(
@@ -32,4 +33,4 @@ def test_mounts_share_one_tls_trust_store_but_not_a_client(
     clients = [mount.client() for mount in mounts]
     assert clients[0] is not clients[1]
     assert seen[0] is not None
-    assert seen[0] is seen[1] is backend_module.shared_tls_context()
+    assert seen[0] is seen[1] is shared_tls_context()

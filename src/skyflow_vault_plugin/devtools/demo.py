@@ -12,7 +12,7 @@ Steps, each the way an operator would do it:
 2. start an OpenBao dev server whose config sets ``plugin_directory``;
 3. install the plugin with ``skyflow-vault-plugin install``'s code path and register it by
    sha256, running the exact ``bao write sys/plugins/catalog/...`` command ``install`` prints,
-   with ``env=SSL_CERT_FILE=<emulator CA>`` so the plugin trusts the emulator;
+   with ``env=SKYFLOW_CA_FILE=<emulator CA>`` so the plugin trusts the emulator;
 4. enable ``skyflow/insurance`` (``credentials_json``), ``skyflow/lending``
    (``credentials_file_path``) and ``skyflow/clcm`` (``credentials_json``), write each config,
    a ``producer`` role (one Skyflow role ID) and a ``consumer-analytics`` role (two);
@@ -275,7 +275,10 @@ def run_demo(work_dir: Path, *, once: bool) -> int:
         _say(f"  {emulator.url}  CA: {emulator.ca_file}")
 
         _say("Starting an OpenBao dev server ...")
-        bao = OpenBaoServer.dev(work_dir / "bao")
+        # The host's SSL_CERT_FILE / SSL_CERT_DIR reach the server, as from an operator's shell:
+        # the plugin trusts the emulator through SKYFLOW_CA_FILE all the same.
+        host_tls = {k: v for k, v in os.environ.items() if k in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+        bao = OpenBaoServer.dev(work_dir / "bao", env=host_tls)
         stack.callback(bao.close)
         bao.start()
         _write_state(
@@ -291,7 +294,7 @@ def run_demo(work_dir: Path, *, once: bool) -> int:
 
         _say("Installing the plugin (skyflow-vault-plugin install) and registering it by sha256:")
         installation = install(
-            bao.plugin_dir, PLUGIN_NAME, env=[f"SSL_CERT_FILE={emulator.ca_file}"]
+            bao.plugin_dir, PLUGIN_NAME, env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"]
         )
         _say(
             f"  {installation.path}: sha256 {installation.sha256[:16]}..., pins "

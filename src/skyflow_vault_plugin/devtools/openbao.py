@@ -186,7 +186,7 @@ def controlled_environment(extra: Mapping[str, str] | None = None) -> dict[str, 
 
     Only :data:`INHERITED_ENV_VARS` are taken from this process (no stray ``BAO_*``/``VAULT_*``
     or proxy settings leak into the server), then ``extra`` is applied. Plugins inherit this
-    whole environment, so ``extra`` is where e.g. ``SSL_CERT_FILE`` goes.
+    whole environment, so ``extra`` is where e.g. ``SKYFLOW_CA_FILE`` goes.
     """
     env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV_VARS}
     env.update(extra or {})

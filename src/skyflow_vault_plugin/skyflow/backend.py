@@ -8,9 +8,7 @@ local write updates it; the host's ``InvalidateKey`` (a write made elsewhere) dr
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from .client import ExchangePolicy, IssuedToken, TokenClient
 from .credentials import ServiceAccount, load_credentials_file, parse_credentials
 from .storage import ConfigEntry, RoleEntry
 from .telemetry import Telemetry, process_telemetry
+from .trust import shared_tls_context
 
 if TYPE_CHECKING:
     import httpx
@@ -110,6 +109,8 @@ class SkyflowBackend:
         self._account_source: object = None
         self._roles: dict[str, RoleEntry | None] = {}
         self._client: TokenClient | None = None
+        self._client_trust: object = None
+        self._retired: dict[asyncio.Task[None], TokenClient] = {}
 
     # -- config ----------------------------------------------------------------------------
 
@@ -165,15 +166,31 @@ class SkyflowBackend:
     # -- Skyflow ---------------------------------------------------------------------------
 
     def client(self) -> TokenClient:
-        """The mount's Skyflow client (one connection pool), created on first use."""
-        if self._client is None or self._client.closed:
+        """The mount's Skyflow client (one connection pool), created on first use, and again
+        when the trust store changed (``SKYFLOW_CA_FILE`` edited: see trust.py)."""
+        trust = shared_tls_context()
+        if self._client is None or self._client.closed or self._client_trust is not trust:
+            if self._client is not None and not self._client.closed:
+                self._retire(self._client)
             self._client = TokenClient(
                 self.policy,
                 transport=self.settings.transport,
-                verify=shared_tls_context(),
+                verify=trust,
                 on_attempt=self.telemetry.on_attempt,
             )
+            self._client_trust = trust
         return self._client
+
+    def _retire(self, client: TokenClient) -> None:
+        """Close a replaced client once exchanges still using it are past their deadline."""
+
+        async def close_later() -> None:
+            await asyncio.sleep(self.policy.deadline)
+            await client.aclose()
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._retired[task] = client
+        task.add_done_callback(lambda done: self._retired.pop(done, None))
 
     async def mint(self, account: ServiceAccount, role_ids: list[str], ctx: object) -> IssuedToken:
         """Exchange an assertion for a token, within the policy's deadline."""
@@ -203,14 +220,13 @@ class SkyflowBackend:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        retired = dict(self._retired)
+        for task in retired:
+            task.cancel()
+        await asyncio.gather(*retired, return_exceptions=True)
+        for client in retired.values():
+            await client.aclose()
         await self.telemetry.flush()
-
-
-@functools.cache
-def shared_tls_context() -> ssl.SSLContext:
-    """One client TLS context for every mount of the process: each context holds its own
-    copy of the trust store (``SSL_CERT_FILE`` or the system's), about a megabyte."""
-    return ssl.create_default_context()
 
 
 def _account_source(config: ConfigEntry | None) -> object:

@@ -33,8 +33,10 @@ from .errors import (
     InvalidInput,
     SkyflowRejected,
     SkyflowUnavailable,
+    SkyflowUntrusted,
     UpstreamError,
 )
+from .trust import untrusted_summary
 
 __all__ = [
     "ASSERTION_LIFETIME",
@@ -263,8 +265,8 @@ class TokenClient:
     """Exchanges service-account assertions for Skyflow bearer tokens.
 
     Owns one pooled ``httpx.AsyncClient``; create one per mount and close it with
-    :meth:`aclose` (or use ``async with``). TLS trust comes from ``ssl.create_default_context()``,
-    so ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` select a private CA (e.g. the emulator's).
+    :meth:`aclose` (or use ``async with``). TLS trust comes from ``verify``, by default
+    ``ssl.create_default_context()``; the engine passes :func:`.trust.shared_tls_context`.
     """
 
     def __init__(
@@ -437,12 +439,7 @@ def _kind(exc: BaseException) -> str:
 def _transport_failure(exc: httpx.TransportError) -> _Outcome:
     if _is_certificate_error(exc):
         # retrying cannot fix trust; say what to check instead
-        return _Outcome(
-            error=SkyflowUnavailable(
-                "TLS certificate verification of Skyflow failed (check SSL_CERT_FILE / the CA)"
-            ),
-            cause=exc,
-        )
+        return _Outcome(error=SkyflowUntrusted(untrusted_summary()), cause=exc)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError):
         return _Outcome(error=SkyflowUnavailable(f"cannot reach Skyflow ({_kind(exc)})"), cause=exc)
     detail = str(exc) or _kind(exc)

@@ -8,6 +8,7 @@
     │   └── InvalidContext                    the ``ctx`` claim                -> HTTP 400
     └── UpstreamError                         the token exchange failed
         ├── SkyflowUnavailable                network, timeout, 5xx, 429       -> HTTP 503
+        │   └── SkyflowUntrusted              TLS trust (SKYFLOW_CA_FILE)      -> HTTP 503
         └── SkyflowRejected                   Skyflow answered another 4xx     -> HTTP 502
 
 Third-party exceptions (httpx, cryptography, json) are mapped to this tree once, where they
@@ -26,6 +27,7 @@ __all__ = [
     "SkyflowError",
     "SkyflowRejected",
     "SkyflowUnavailable",
+    "SkyflowUntrusted",
     "UpstreamError",
     "safe_text",
 ]
@@ -126,3 +128,11 @@ class SkyflowUnavailable(UpstreamError):
 
 class SkyflowRejected(UpstreamError):
     """Skyflow refused the request (a 4xx other than 429); retrying will not help."""
+
+
+class SkyflowUntrusted(SkyflowUnavailable):
+    """Skyflow's certificate is not trusted, or the CA bundle cannot be loaded.
+
+    Retrying cannot help: the fix is the trust store (``SKYFLOW_CA_FILE``), and the message
+    says so.
+    """

@@ -28,7 +28,7 @@ from ..sdk.framework import (
 from . import storage as store
 from .backend import HEALTH_CACHE_KEY, SkyflowBackend
 from .credentials import load_credentials_file, parse_credentials
-from .errors import InvalidInput, SkyflowRejected, UpstreamError
+from .errors import InvalidInput, SkyflowRejected, SkyflowUntrusted, UpstreamError
 from .errors_http import to_logical
 from .path_roles import validate_tags
 from .storage import ConfigEntry, utc_now
@@ -144,6 +144,9 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
         except SkyflowRejected as exc:
             # The previous config stays in place: nothing has been written yet.
             raise FieldError(source, f"Skyflow rejected these credentials: {exc}") from None
+        except SkyflowUntrusted as exc:
+            # Neither a retry nor skipping validation fixes trust: the text names the fix.
+            raise CodedError(503, f"could not validate the credentials: {exc}") from None
         except UpstreamError as exc:
             raise CodedError(
                 503,

@@ -1,0 +1,80 @@
+"""A private CA on a host whose environment sets ``SSL_CERT_FILE`` (many enterprise hosts do).
+
+The server runs with ``SSL_CERT_FILE`` pointing at a public CA bundle, the way it would when
+started from such a host's shell. Measured on OpenBao 2.7.2: the server's environment wins
+over the catalog ``env``, so ``SSL_CERT_FILE`` in the catalog cannot bring the emulator's CA
+in; ``SKYFLOW_CA_FILE`` in the catalog does, because no server sets it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import certifi
+import pytest
+
+from skyflow_vault_plugin.devtools.client import error_text
+from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, install_plugin, python_launcher
+from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_vault_plugin.install import install
+
+pytestmark = pytest.mark.e2e
+
+PLUGIN_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[OpenBaoServer, EmulatorProcess]]:
+    work = tmp_path_factory.mktemp("trust-e2e")
+    host_env = {"SSL_CERT_FILE": certifi.where()}  # the public CAs, not the emulator's
+    with (
+        EmulatorProcess(state_dir=work / "emulator") as emulator,
+        OpenBaoServer.dev(work / "bao", env=host_env) as bao,
+    ):
+        yield bao, emulator
+
+
+def test_skyflow_ca_file_in_the_catalog_trusts_a_private_ca(
+    servers: tuple[OpenBaoServer, EmulatorProcess],
+) -> None:
+    bao, emulator = servers
+    # As docs/operations.md has it: install with the CA setting, run the printed command.
+    installed = install(bao.plugin_dir, "skyflow", env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"])
+    bao.cli(*installed.bao_register_argv()[1:], check=True)
+    client = bao.client()
+    client.enable_secrets("skyflow/insurance", "skyflow")
+    account = emulator.admin.create_account("trust-e2e")
+    # validate_credentials (the default) makes this write a real exchange over HTTPS.
+    client.write("skyflow/insurance/config", {"credentials_json": json.dumps(account)})
+    client.write("skyflow/insurance/roles/producer", {"role_ids": "r1"})
+    data = client.read("skyflow/insurance/creds/producer")["data"]
+    assert data["token_type"] == "Bearer"
+
+
+def test_ssl_cert_file_in_the_catalog_loses_to_the_servers(
+    servers: tuple[OpenBaoServer, EmulatorProcess],
+) -> None:
+    """The measurement behind docs/operations.md's precedence table, and the error a person
+    then sees: it names SKYFLOW_CA_FILE, and does not advise a retry."""
+    bao, emulator = servers
+    install_plugin(
+        bao,
+        name="skyflow-sslcert",
+        executable=PLUGIN_LAUNCHER,
+        env={"SSL_CERT_FILE": emulator.ca_file},
+    )
+    client = bao.client()
+    client.enable_secrets("legacy", "skyflow-sslcert")
+    account = emulator.admin.create_account("trust-e2e-legacy")
+    response = client.request(
+        "PUT", "legacy/config", json={"credentials_json": json.dumps(account)}
+    )
+    message = error_text(response, 503)
+    assert "TLS certificate verification of Skyflow failed" in message
+    assert "set SKYFLOW_CA_FILE" in message
+    assert "retry" not in message
+    assert "validate_credentials" not in message
+    assert client.request("GET", "legacy/config").status_code == 404  # nothing stored
