@@ -282,7 +282,7 @@ def test_mounts_are_isolated(
     client.write(f"{insurance.path}/roles/claims-only", {"role_ids": "insurance-claims"})
     issued(stack, public_key, read_creds(client, insurance.path, "claims-only"))
     for other in (lending, clcm):
-        error_text(read_creds(client, other.path, "claims-only"), 404)
+        error_text(read_creds(client, other.path, "claims-only"), 400)
         assert "claims-only" not in client.list(f"{other.path}/roles")
         assert client.request("GET", f"{other.path}/roles/claims-only").status_code == 404
     # Same role name on every mount, yet each token is its own unit's.
@@ -296,7 +296,7 @@ def test_mounts_are_isolated(
         assert client.read(f"{unit.path}/config")["data"]["client_id"] == unit.client_id
     # Deleting a role on one mount leaves the others alone.
     client.delete(f"{lending.path}/roles/producer")
-    error_text(read_creds(client, lending.path, "producer"), 404)
+    error_text(read_creds(client, lending.path, "producer"), 400)
     issued(stack, public_key, read_creds(client, clcm.path, "producer"))
 
 
@@ -358,9 +358,9 @@ def test_config_update_keeps_fields_and_rotation_switches_accounts(
 # -- errors --------------------------------------------------------------------------------
 
 
-def test_unknown_role_is_404(client: BaoClient, unit_path: str) -> None:
+def test_unknown_role_is_400(client: BaoClient, unit_path: str) -> None:
     for method in ("GET", "POST"):
-        message = error_text(read_creds(client, unit_path, "no-such-role", method=method), 404)
+        message = error_text(read_creds(client, unit_path, "no-such-role", method=method), 400)
         assert "no-such-role" in message
 
 
@@ -372,8 +372,8 @@ def test_unconfigured_mount_is_400_saying_so(stack: SkyflowStack, client: BaoCli
         assert "not configured" in message
         assert "config" in message
     assert client.request("GET", f"{path}/config").status_code == 404
-    # An unknown role stays a 404 even there.
-    error_text(read_creds(client, path, "no-such-role"), 404)
+    # An unknown role is named even there.
+    assert "no-such-role" in error_text(read_creds(client, path, "no-such-role"), 400)
 
 
 @pytest.mark.parametrize(
@@ -556,7 +556,7 @@ def test_deleting_a_role(
     client.delete(f"{unit.path}/roles/producer")
     assert client.request("GET", f"{unit.path}/roles/producer").status_code == 404
     assert client.list(f"{unit.path}/roles") == ["consumer-analytics"]
-    error_text(read_creds(client, unit.path, "producer"), 404)
+    error_text(read_creds(client, unit.path, "producer"), 400)
     # The other role still works; recreating the role brings it back with the new IDs.
     issued(stack, public_key, read_creds(client, unit.path, "consumer-analytics"))
     client.write(f"{unit.path}/roles/producer", {"role_ids": "insurance-producer-v2"})
@@ -643,7 +643,7 @@ def test_path_help_for_creds_and_roles(stack: SkyflowStack, units: dict[str, Uni
     path = units["insurance"].path
     creds = stack.bao.cli("path-help", f"{path}/creds/producer")
     assert creds.returncode == 0, creds.stderr
-    for word in ("ctx", "access_token", "expires_in", "expires_at", "404", "502", "503"):
+    for word in ("ctx", "access_token", "expires_in", "expires_at", "400", "502", "503"):
         assert word in creds.stdout, word
     roles = stack.bao.cli("path-help", f"{path}/roles/producer")
     assert roles.returncode == 0, roles.stderr

@@ -330,7 +330,7 @@ def exercise(client: BaoClient, path: str, credentials: dict[str, str]) -> list[
     )
     assert with_ctx.status_code == 200, with_ctx.text[:200]
     tokens.append(with_ctx.json()["data"]["access_token"])
-    assert client.request("GET", f"{path}/creds/ghost").status_code == 404
+    assert client.request("GET", f"{path}/creds/ghost").status_code == 400
     assert client.request("GET", f"{path}/health").status_code == 200
     client.write(f"{path}/roles/scratch", {"role_ids": ["s-1"]})
     client.delete(f"{path}/roles/scratch")

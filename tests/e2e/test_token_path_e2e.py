@@ -273,7 +273,7 @@ def test_a_role_change_is_visible_on_the_very_next_read(
     assert new.token_sha256 != old.token_sha256
     # Deleting and recreating the role drops its tokens too.
     client.delete(f"{path}/roles/producer")
-    error_text(read_creds(client, path, "producer", "k"), 404)
+    error_text(read_creds(client, path, "producer", "k"), 400)
     client.write(f"{path}/roles/producer", {"role_ids": "p-again"})
     again = issued(stack, public_key, read_creds(client, path, "producer", "k"))
     assert again.claims["scope"] == ["p-again"]

@@ -262,7 +262,7 @@ def test_the_run_did_what_it_claims(run: Run) -> None:
         "creds uncached": 200,
         "creds restricted": 200,
         "creds restricted bad key": 400,
-        "creds unknown role": 404,
+        "creds unknown role": 400,
         "health": 200,
         "config read": 200,
         "creds rejected": 502,

@@ -235,11 +235,15 @@ async def test_unknown_field_is_refused(
     assert calls(emulator) == 0
 
 
-async def test_unknown_role_is_404(client: PluginTestClient, emulator: InProcessEmulator) -> None:
+async def test_unknown_role_is_400(client: PluginTestClient, emulator: InProcessEmulator) -> None:
+    # 400 as Vault's aws/database/gcp engines answer: the CLI shows a 400's reason, while it
+    # prints only "No value found" for a 404 on read.
     outcome = await client.read("creds/nobody")
-    assert outcome.status == 404
-    assert "nobody" in outcome.errors[0]
-    assert (await client.write("creds/nobody", {"ctx": {"a": 1}})).status == 404
+    assert outcome.status == 400
+    assert outcome.errors[0].startswith("role 'nobody' does not exist")
+    assert "roles/" in outcome.errors[0]
+    assert (await client.write("creds/nobody", {"ctx": {"a": 1}})).status == 400
+    assert (await client.read("roles/nobody")).status == 404  # an object read stays a 404
     assert calls(emulator) == 0
 
 
@@ -251,7 +255,7 @@ async def test_unconfigured_mount_is_400_mentioning_config(
         outcome = await client.read("creds/producer")
         assert outcome.status == 400
         assert "config" in outcome.errors[0]
-        assert (await client.read("creds/nobody")).status == 404
+        assert (await client.read("creds/nobody")).status == 400
     assert calls(emulator) == 0
 
 
@@ -293,7 +297,7 @@ async def test_mounts_are_isolated(
         assert b["sub"] == other_creds["clientID"]
         assert calls(emulator) == 2
         await insurance.delete("roles/producer")
-        assert (await insurance.read("creds/producer")).status == 404
+        assert (await insurance.read("creds/producer")).status == 400
         assert (await lending.read("creds/producer")).status == 200
         assert calls(emulator) == 2  # lending's token was still cached
 
@@ -434,7 +438,7 @@ async def test_role_delete_and_recreate(
 ) -> None:
     await client.read("creds/producer")
     await client.delete("roles/producer")
-    assert (await client.read("creds/producer")).status == 404
+    assert (await client.read("creds/producer")).status == 400
     await client.write("roles/producer", {"role_ids": "r9"})
     outcome = await client.read("creds/producer")
     assert claims(emulator, outcome)["scope"] == ["r9"]
@@ -538,7 +542,7 @@ async def test_invalidate_deleted_role(
     await client.read("creds/producer")
     await client.storage.delete("roles/producer")
     await invalidate(client, "roles/producer")
-    assert (await client.read("creds/producer")).status == 404
+    assert (await client.read("creds/producer")).status == 400
 
 
 async def test_config_write_during_an_inflight_mint_is_honoured(

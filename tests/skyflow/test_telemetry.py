@@ -725,7 +725,7 @@ async def test_request_errors_by_type_with_bounded_role_labels(
         assert (await client.read("health")).status == 503
         await configure(client, creds)
         for name in ("ghost-1", "ghost-2"):
-            assert (await client.read(f"creds/{name}")).status == 404
+            assert (await client.read(f"creds/{name}")).status == 400
         bad = await client.write("creds/producer", {"ctx": {"bad key": "x"}})
         assert bad.status == 400
     failed = {
@@ -837,7 +837,7 @@ async def test_audit_line_per_token_request(
     text = caplog.text + repr([vars(r) for r in records])
     secrets = secrets_of(creds, ok.data["access_token"])
     assert not [s for s in secrets if s in text]
-    assert missing.status == 404
+    assert missing.status == 400
 
 
 async def test_audit_line_without_telemetry_keeps_the_callers_trace_id(

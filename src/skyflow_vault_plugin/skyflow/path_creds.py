@@ -14,7 +14,6 @@ from typing import Any
 
 from ..sdk.framework import (
     BadRequest,
-    CodedError,
     Field,
     FieldData,
     FieldType,
@@ -84,7 +83,14 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
     generation = (b.generations.config, b.generations.role(name))
     role = await b.get_role(name)
     if role is None:
-        raise CodedError(404, f"role {name!r} does not exist")
+        # 400, not 404, as Vault's own credential engines answer (aws "Role %q not found",
+        # database "unknown role"): the CLI drops the body of a 404 on read and prints only
+        # "No value found", hiding the reason. A read of roles/<name> stays a 404.
+        note_error("not_found")
+        raise BadRequest(
+            f"role {name!r} does not exist; this mount's roles are listed at "
+            f"{req.mount_point}roles/"
+        )
     config = await b.get_config()
     if config is None:
         note_error("not_configured")
@@ -154,7 +160,7 @@ def creds_paths(b: SkyflowBackend) -> list[Path]:
             A token is reused while it stays valid for at least the role's
             min_remaining_ttl, so callers should refresh when expires_in runs low.
 
-            Errors: 404 unknown role; 400 mount not configured or invalid ctx (the field is
+            Errors: 400 unknown role, mount not configured, or invalid ctx (the field is
             named); 502 Skyflow rejected the service account (Skyflow's message and request
             ID included); 503 Skyflow unreachable, timing out, failing or rate-limiting after
             retries. While Skyflow is unavailable, a cached token that is still valid is

@@ -1,0 +1,223 @@
+"""Every error path of config, roles and creds through the real ``bao`` CLI binary: what a
+person at a terminal sees. Each case asserts on what the CLI prints, not on the API.
+
+The CLI drops the body of a 404 on ``read`` and ``list`` and prints only ``No value found at
+<path>``; so a 404 is kept only where "nothing is there" is the whole reason (an object read,
+an empty list: Vault's convention). Everything else is a status whose message the CLI prints.
+The health path's 503 is covered by the health tests.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from skyflow_vault_plugin.emulator.process import EmulatorAdmin
+
+if TYPE_CHECKING:
+    from conftest import SkyflowStack
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass(frozen=True)
+class Case:
+    argv: tuple[str, ...]
+    shows: tuple[str, ...]
+    """Texts the CLI must print (stdout and stderr together)."""
+    exit_code: int = 2
+    """``bao`` exits 2 on an error from the server, 0 on success."""
+
+
+def run_cases(stack: SkyflowStack, cases: list[Case]) -> None:
+    problems = []
+    for case in cases:
+        done = stack.bao.cli(*case.argv, timeout=120)
+        printed = done.stdout + done.stderr
+        missing = [text for text in case.shows if text not in printed]
+        if done.returncode != case.exit_code or missing:
+            problems.append(
+                f"$ bao {' '.join(case.argv)}\n  exit {done.returncode} (want {case.exit_code}),"
+                f" missing {missing}\n  printed: {printed.strip()[:500]}"
+            )
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def mount(stack: SkyflowStack) -> str:
+    return stack.mount("skyflow/cli")
+
+
+@pytest.fixture
+def account_file(stack: SkyflowStack, tmp_path: Path) -> Path:
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps(stack.new_account()))
+    return path
+
+
+def test_config_errors(stack: SkyflowStack, account_file: Path) -> None:
+    path = f"skyflow/cli-config-{account_file.parent.name[-6:]}"
+    stack.client().enable_secrets(path, "skyflow")
+    run_cases(
+        stack,
+        [
+            # An object read of nothing: the CLI's own words say it.
+            Case(("read", f"{path}/config"), (f"No value found at {path}/config",)),
+            Case(
+                ("write", f"{path}/config", "description=x"),
+                ("Code: 400", "one of credentials_json or credentials_file_path is required"),
+            ),
+            Case(
+                ("write", f"{path}/config", "credential_json=x"),
+                ("Code: 400", "'credential_json': unknown field for this path"),
+            ),
+            Case(
+                ("write", f"{path}/config", "credentials_json=not-json"),
+                ("Code: 400", "'credentials_json': is not valid JSON"),
+            ),
+            Case(
+                (
+                    "write",
+                    f"{path}/config",
+                    f"credentials_json=@{account_file}",
+                    f"credentials_file_path={account_file}",
+                ),
+                ("Code: 400", "not both"),
+            ),
+            Case(
+                ("write", f"{path}/config", "credentials_file_path=sa.json"),
+                ("Code: 400", "'credentials_file_path': must be an absolute path"),
+            ),
+            Case(
+                ("write", f"{path}/config", "credentials_file_path=/nonexistent/sa.json"),
+                ("Code: 400", "does not exist"),
+            ),
+            Case(
+                ("write", f"{path}/config", "validate_credentials=maybe", "description=x"),
+                ("Code: 400", "'validate_credentials'"),
+            ),
+            Case(("list", f"{path}/config"), (f"No value found at {path}/config",)),
+            # Deleting what is not there succeeds, as everywhere in Vault.
+            Case(("delete", f"{path}/config"), ("Success! Data deleted",), exit_code=0),
+        ],
+    )
+
+
+def test_config_errors_from_skyflow(
+    stack: SkyflowStack, account_file: Path, fresh_emulator: EmulatorAdmin
+) -> None:
+    path = f"skyflow/cli-upstream-{account_file.parent.name[-6:]}"
+    stack.client().enable_secrets(path, "skyflow")
+    fresh_emulator.set_faults(reject=True)
+    run_cases(
+        stack,
+        [
+            Case(
+                ("write", f"{path}/config", f"credentials_json=@{account_file}"),
+                ("Code: 400", "Skyflow rejected these credentials", "request id"),
+            )
+        ],
+    )
+    fresh_emulator.set_faults(fail_status=503)
+    run_cases(
+        stack,
+        [
+            Case(
+                ("write", f"{path}/config", f"credentials_json=@{account_file}"),
+                ("Code: 503", "could not validate the credentials", "HTTP 503"),
+            )
+        ],
+    )
+    assert stack.bao.cli("read", f"{path}/config").returncode == 2  # nothing was saved
+
+
+def test_role_errors(stack: SkyflowStack, mount: str) -> None:
+    run_cases(
+        stack,
+        [
+            # An empty mount: Vault answers an empty list with 404.
+            Case(("list", f"{mount}/roles"), (f"No value found at {mount}/roles",)),
+            Case(("read", f"{mount}/roles/nope"), (f"No value found at {mount}/roles/nope",)),
+            Case(
+                ("write", f"{mount}/roles/r", "description=x"),
+                ("Code: 400", "'role_ids': is required"),
+            ),
+            Case(
+                ("write", f"{mount}/roles/r", "role_ids=bad id"),
+                ("Code: 400", "'role_ids': role ID 'bad id'"),
+            ),
+            Case(
+                ("write", f"{mount}/roles/r", "role_ids=r1", "min_remaining_ttl=2h"),
+                ("Code: 400", "'min_remaining_ttl': must be less than"),
+            ),
+            Case(
+                ("write", f"{mount}/roles/r", "role_ids=r1", "ctx_mode=bogus"),
+                ("Code: 400", "'ctx_mode': must be one of"),
+            ),
+            Case(
+                ("write", f"{mount}/roles/r", "role_ids=r1", "roleids=r2"),
+                ("Code: 400", "'roleids': unknown field for this path"),
+            ),
+            Case(("delete", f"{mount}/roles"), ("Code: 405", "unsupported operation")),
+            Case(("delete", f"{mount}/roles/nope"), ("Success! Data deleted",), exit_code=0),
+        ],
+    )
+    # Nothing of the refused writes was stored.
+    run_cases(stack, [Case(("read", f"{mount}/roles/r"), ("No value found",))])
+
+
+def test_creds_errors(stack: SkyflowStack, mount: str) -> None:
+    client = stack.client()
+    client.write(f"{mount}/roles/plain", {"role_ids": "r1", "ctx_mode": "none"})
+    unconfigured = f"skyflow/cli-empty-{mount[-6:]}"
+    client.enable_secrets(unconfigured, "skyflow")
+    client.write(f"{unconfigured}/roles/plain", {"role_ids": "r1"})
+    unknown = f"role 'nope' does not exist; this mount's roles are listed at {mount}/roles/"
+    run_cases(
+        stack,
+        [
+            # Was "No value found at ...": a 404 whose reason the CLI dropped.
+            Case(("read", f"{mount}/creds/nope"), ("Code: 400", unknown)),
+            Case(("write", f"{mount}/creds/nope", "ctx=a"), ("Code: 400", unknown)),
+            Case(
+                ("read", f"{unconfigured}/creds/plain"),
+                ("Code: 400", "this mount is not configured: write its service account"),
+            ),
+            Case(
+                ("read", f"{mount}/creds/plain", "ctx=a"),
+                ("Code: 400", "'ctx': this role does not accept a ctx"),
+            ),
+            Case(
+                ("write", f"{mount}/creds/plain", "context=a"),
+                ("Code: 400", "'context': unknown field for this path"),
+            ),
+            Case(("delete", f"{mount}/creds/plain"), ("Code: 405", "unsupported operation")),
+        ],
+    )
+
+
+def test_creds_errors_from_skyflow(
+    stack: SkyflowStack, mount: str, fresh_emulator: EmulatorAdmin
+) -> None:
+    stack.client().write(f"{mount}/roles/fresh", {"role_ids": "r1", "cache_tokens": False})
+    fresh_emulator.set_faults(reject=True)
+    run_cases(
+        stack,
+        [
+            Case(
+                ("read", f"{mount}/creds/fresh"),
+                ("Code: 502", "Skyflow rejected the token request (HTTP 401", "request id"),
+            )
+        ],
+    )
+    # Neither the plugin (a refusal) nor the 2.7.2 CLI (a 502) retries: one call.
+    assert fresh_emulator.stats()["token_calls"] == 1
+    fresh_emulator.set_faults(fail_status=503)
+    run_cases(
+        stack,
+        [Case(("read", f"{mount}/creds/fresh"), ("Code: 503", "Skyflow is unavailable (HTTP 503"))],
+    )
