@@ -9,15 +9,25 @@ in; ``SKYFLOW_CA_FILE`` in the catalog does, because no server sets it.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import certifi
 import pytest
 
 from skyflow_vault_plugin.devtools.client import error_text
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, install_plugin, python_launcher
+from skyflow_vault_plugin.devtools.openbao import (
+    OpenBaoServer,
+    install_plugin,
+    poll_until,
+    python_launcher,
+)
 from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_vault_plugin.emulator.tls import CertificateAuthority
 from skyflow_vault_plugin.install import install
+from skyflow_vault_plugin.skyflow.trust import CHECK_INTERVAL
 
 pytestmark = pytest.mark.e2e
 
@@ -78,3 +88,30 @@ def test_ssl_cert_file_in_the_catalog_loses_to_the_servers(
     assert "retry" not in message
     assert "validate_credentials" not in message
     assert client.request("GET", "legacy/config").status_code == 404  # nothing stored
+
+
+def test_a_changed_ca_file_is_picked_up_without_a_reload(
+    servers: tuple[OpenBaoServer, EmulatorProcess], tmp_path: Path
+) -> None:
+    bao, emulator = servers
+    bundle = tmp_path / "skyflow-ca.pem"
+    CertificateAuthority.generate("not the emulator's CA").write_cert(bundle)
+    install_plugin(
+        bao, name="skyflow-reload", executable=PLUGIN_LAUNCHER, env={"SKYFLOW_CA_FILE": str(bundle)}
+    )
+    client = bao.client()
+    client.enable_secrets("reload", "skyflow-reload")
+    body = {"credentials_json": json.dumps(emulator.admin.create_account("trust-e2e-reload"))}
+    message = error_text(client.request("PUT", "reload/config", json=body), 503)
+    assert f"no CA in SKYFLOW_CA_FILE={bundle} signed its certificate" in message
+
+    # The operator fixes the file in place; no plugin reload, no re-registration.
+    shutil.copyfile(emulator.ca_file, bundle)
+    started = time.monotonic()
+    poll_until(
+        lambda: client.request("PUT", "reload/config", json=body).status_code == 200,
+        timeout=CHECK_INTERVAL + 10,
+        interval=0.5,
+        message="the config write after fixing the CA file",
+    )
+    assert time.monotonic() - started <= CHECK_INTERVAL + 10
