@@ -4,7 +4,7 @@ person at a terminal sees. Each case asserts on what the CLI prints, not on the 
 The CLI drops the body of a 404 on ``read`` and ``list`` and prints only ``No value found at
 <path>``; so a 404 is kept only where "nothing is there" is the whole reason (an object read,
 an empty list: Vault's convention). Everything else is a status whose message the CLI prints.
-The health path's 503 is covered by the health tests.
+The health path's 503 (an unhealthy mount) is covered by the health tests.
 """
 
 from __future__ import annotations
@@ -220,4 +220,16 @@ def test_creds_errors_from_skyflow(
     run_cases(
         stack,
         [Case(("read", f"{mount}/creds/fresh"), ("Code: 503", "Skyflow is unavailable (HTTP 503"))],
+    )
+
+
+def test_health_errors_other_than_unhealthy(stack: SkyflowStack, mount: str) -> None:
+    # An unhealthy mount's 503 is the health tests' matter; these are the other errors.
+    run_cases(
+        stack,
+        [
+            Case(("delete", f"{mount}/health"), ("Code: 405", "unsupported operation")),
+            Case(("write", f"{mount}/health", "x=1"), ("Code: 405", "unsupported operation")),
+            Case(("list", f"{mount}/health"), (f"No value found at {mount}/health",)),
+        ],
     )
