@@ -97,6 +97,12 @@ async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | 
 
 
 async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+    # Read-modify-write: two writes must not both start from version N.
+    async with b.locks.hold(store.CONFIG_KEY):
+        return await _update(b, data)
+
+
+async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
     current = await b.get_config()
     json_value, has_json = data.get_ok("credentials_json")
     path_value, has_path = data.get_ok("credentials_file_path")
@@ -169,8 +175,9 @@ def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:
 
 
 async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
-    await b.storage.delete(store.CONFIG_KEY)
-    b.set_config(None, None)
+    async with b.locks.hold(store.CONFIG_KEY):
+        await b.storage.delete(store.CONFIG_KEY)
+        b.set_config(None, None)
     return None
 
 
