@@ -409,3 +409,25 @@ async def test_creds_role_name_is_length_limited_like_roles(
         assert outcome.status == 400
         assert "'name'" in outcome.errors[0]
         assert (await mount.client.read("creds/" + "a" * 128)).status == 404
+
+
+# ----------------------------------------------------------------------------- standbys
+
+
+async def test_a_config_write_on_a_standby_is_refused_before_any_token_exchange(
+    emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    """A standby's storage is read-only: the write must fail with the host's read-only
+    sentinel (so that the host forwards it to the active node) without minting here."""
+    async with open_mount(emulator) as mount:
+        mount.storage.read_only = True
+        emulator.state.reset_stats()
+        refused = await mount.client.write("config", {"credentials_json": creds})
+        assert refused.status == 500
+        assert "cannot write to readonly storage" in refused.errors[0]
+        assert emulator.state.token_calls == 0
+        mount.storage.read_only = False
+        written = await mount.client.write("config", {"credentials_json": creds})
+        assert written.status == 200
+        assert emulator.state.token_calls == 1  # the active node validates once
+        assert await mount.storage.list("") == ["config"]  # the probe leaves nothing
