@@ -130,3 +130,35 @@ def test_install_prints_the_sha256_and_commands_that_register_and_mount(tmp_path
     )
     assert f"{launcher}: handshake after" in check.stdout
     assert "every pinned file matched" in check.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SKYFLOW_REQUEST_DEADLINE", "soon"),
+        ("SKYFLOW_REQUEST_DEADLINE", "120"),
+        ("SKYFLOW_TOKEN_CACHE_MAX_ENTRIES", "0"),
+        ("SKYFLOW_TOKEN_CACHE_MAX_BYTES", "lots"),
+    ],
+)
+def test_a_bad_engine_variable_stops_the_process_with_a_logged_error(
+    variable: str, value: str
+) -> None:
+    """Not every mount's Setup later: the process exits at start, and says why in hclog
+    JSON (which the server re-logs at error level)."""
+    import json
+    import os
+
+    from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_VALUE
+
+    env = dict(os.environ, **{MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE, variable: value})
+    env["PLUGIN_PROTOCOL_VERSIONS"] = "5"
+    done = subprocess.run(
+        [str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""  # no handshake line
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert lines[-1]["@level"] == "error"
+    assert variable in lines[-1]["@message"]
+    assert "Traceback" not in done.stderr

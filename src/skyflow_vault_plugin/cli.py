@@ -57,9 +57,29 @@ def _serve() -> int:
     if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         print(BY_HAND_MESSAGE, file=sys.stderr, end="")
         return 1
+    from .skyflow.engine_env import EnvError, read_engine_env
+
+    try:
+        # Checked once here: a bad value stops the process with a line the server logs,
+        # instead of failing every mount's Setup later.
+        read_engine_env(os.environ)
+    except EnvError as exc:
+        _log_startup_error(f"the plugin cannot start: {exc}")
+        return 1
     from .sdk.plugin import serve
 
     return serve(_engine_factory, version=_version())
+
+
+def _log_startup_error(message: str) -> None:
+    """One hclog JSON line at error level on stderr: the host re-logs it under the plugin's
+    name (plain text would only show at debug level)."""
+    import logging
+
+    from .sdk.plugin.hclog import configure_logging
+
+    configure_logging("error")
+    logging.getLogger("skyflow").error(message)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -138,7 +138,8 @@ class Observed:
 
     @property
     def message(self) -> str:
-        return self.outcome.errors[0] if self.outcome.errors else ""
+        """The first error, with Vault's multierror layout folded onto one line."""
+        return " ".join(self.outcome.errors[0].split()) if self.outcome.errors else ""
 
 
 @pytest.fixture

@@ -363,7 +363,7 @@ def test_spans_arrive_parented_to_the_incoming_traceparent(
     )
     for span in (miss, hit):
         assert span.parent_span_id == PARENT_SPAN_ID
-        assert span.attributes["skyflow.mount"] == "insurance"
+        assert span.attributes["skyflow.mount"] == "skyflow/insurance"
         assert span.attributes["skyflow.mount_path"] == "skyflow/insurance/"
         assert span.attributes["skyflow.role"] == "producer"
         assert span.attributes["skyflow.operation"] == "read"
@@ -422,7 +422,7 @@ def test_spans_arrive_parented_to_the_incoming_traceparent(
 
 def test_metrics_arrive_with_their_values(receivers: Receivers, traffic: Traffic) -> None:
     on = receivers.on
-    labels = {"mount": "insurance", "role": "producer"}
+    labels = {"mount": "skyflow/insurance", "role": "producer"}
     wait_for(
         lambda: (
             on.metric("skyflow_total_tokens_generated", **labels) == 3
@@ -434,18 +434,20 @@ def test_metrics_arrive_with_their_values(receivers: Receivers, traffic: Traffic
     assert on.metric("skyflow_total_tokens_generated", **labels, application=APPLICATION) == 2
     assert on.metric("skyflow_total_tokens_generated", **labels, application="none") == 1
     assert on.metric("skyflow_total_tokens_failed", role="_unknown", error_type="not_found") == 1
-    assert on.metric("skyflow_token_generated_duration_ms", mount="insurance") == 4
+    assert on.metric("skyflow_token_generated_duration_ms", mount="skyflow/insurance") == 4
     assert on.metric("skyflow_token_cache_lookups_total", **labels, cache="miss") == 2
     assert on.metric("skyflow_token_cache_lookups_total", **labels, cache="hit") == 1
     # the config's validation and the two misses reach Skyflow (health reuses the
     # validation's token)
-    assert on.metric("skyflow_sdk_call_total", mount="insurance", status="200") == 3
-    assert on.metric("skyflow_sdk_call_duration_ms", mount="insurance") == 3
+    assert on.metric("skyflow_sdk_call_total", mount="skyflow/insurance", status="200") == 3
+    assert on.metric("skyflow_sdk_call_duration_ms", mount="skyflow/insurance") == 3
     assert on.metric("skyflow_config_operations_total", operation="create", outcome="success") == 1
     assert on.metric("skyflow_config_operations_total", operation="read") == 1
     assert on.metric("skyflow_role_operations_total", operation="create") == 2
     assert on.metric("skyflow_role_operations_total", operation="list") == 1
-    assert on.metric("skyflow_health_checks_total", mount="insurance", outcome="success") == 1
+    assert (
+        on.metric("skyflow_health_checks_total", mount="skyflow/insurance", outcome="success") == 1
+    )
 
 
 def test_dev_and_disabled_send_nothing(receivers: Receivers, traffic: Traffic) -> None:
@@ -480,5 +482,5 @@ def test_no_secret_in_any_exported_payload(
     log = stack.bao.log_path.read_text(errors="replace")
     audit = [line for line in log.splitlines() if "token request" in line and TRACE_ID in line]
     assert len(audit) >= 2
-    assert "mount=insurance" in audit[0]
+    assert "mount=skyflow/insurance" in audit[0]
     assert sum(1 for needle in needles if needle in log) == 0

@@ -5,6 +5,8 @@ registered once through the leader; the mount is enabled and configured through 
 leader. Then:
 
 * creds are read through a standby's address;
+* a config write through a standby makes one token exchange (the active node's validation),
+  none on the standby, which finds its storage read-only before validating;
 * a config change made through one node is honoured by the next creds read through another
   (the token's ``sub`` is the new account), and so is a role change (its ``scope``); a
   standby serves reads from its own raft copy, so "next" there means once that copy has
@@ -142,6 +144,10 @@ def test_ha_cluster(ha: HA) -> None:
     version = on_writer.write(f"{MOUNT}/config", {"credentials_json": json.dumps(second)})["data"][
         "version"
     ]
+    # The standby's plugin found its storage read-only before validating: only the active
+    # node exchanged the new credentials (once), the standby made no token call.
+    validations = admin.stats()["by_client"][second["clientID"]]["calls"]
+    assert validations == 1, f"{validations} token calls validated one config write"
     assert claims_of(creds(on_leader))["sub"] == second["clientID"], "leader"
     for node in (other, writer):
         lag = wait_for_version(ha.node_client(node), version)

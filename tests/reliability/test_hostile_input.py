@@ -543,6 +543,12 @@ def test_role_create_refuses(engine: Engine, data: dict[str, Any], field: str) -
     assert engine.read("roles/fresh").status == 404
 
 
+@pytest.mark.parametrize("length", [129, 4096])
+def test_a_role_name_over_the_limit_is_refused_naming_it(engine: Engine, length: int) -> None:
+    """Not a 500 from the existence check: a 400 naming ``name``, nothing stored."""
+    assert_refused(engine, "roles/" + "n" * length, {"role_ids": ["ok"]}, "name")
+
+
 def test_a_name_in_the_body_does_not_retarget_the_write(engine: Engine) -> None:
     outcome = engine.write("roles/r", {"name": "other", "description": "the baseline"})
     assert outcome.status == 200
@@ -580,6 +586,8 @@ CREDS_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("unknown: context", "r", {"context": "x"}, "context"),
     ("unknown: role_ids", "r", {"role_ids": ["admin"]}, "role_ids"),
     ("unknown: ttl", "r", {"ttl": 60}, "ttl"),
+    ("role name of 129 characters", "n" * 129, {}, "name"),
+    ("role name of 4096 characters", "n" * 4096, {"ctx": "x"}, "name"),
 ]
 
 
@@ -1056,6 +1064,9 @@ SERVER_CASES: list[tuple[str, str, str, str, str]] = [
     ("creds: NUL in a ctx key", "PUT", "creds/r", '{"ctx": {"k\\u0000": 1}}', "ctx"),
     ("creds: 2 MB ctx", "PUT", "creds/r", json.dumps({"ctx": "c" * 2 * MB}), "ctx"),
     ("creds: body not an object", "PUT", "creds/r", "[1, 2]", HOST),
+    # A name the existence check cannot take: OpenBao would turn an error there into a 500.
+    ("role: a name of 129 characters", "PUT", "roles/" + "n" * 129, '{"role_ids": ["a"]}', "name"),
+    ("creds: a name of 129 characters", "GET", "creds/" + "n" * 129, "", "name"),
 ]
 
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES, CacheKey, TokenCache
+from skyflow_vault_plugin.skyflow.cache import (
+    DEFAULT_MAX_ENTRIES,
+    ByteBudget,
+    CacheKey,
+    TokenCache,
+    entry_size,
+    process_budget,
+)
 from skyflow_vault_plugin.skyflow.client import IssuedToken
 
 NOW = 1_700_000_000.0
@@ -293,3 +301,81 @@ async def test_aclose_with_nothing_in_flight() -> None:
 
 def test_token_repr_hides_the_token() -> None:
     assert "token-secret" not in repr(token("secret"))
+
+
+# ------------------------------------------------------------------ process byte budget
+
+
+def test_bytes_are_counted_and_given_back() -> None:
+    budget = ByteBudget(10_000_000)
+    cache = TokenCache(budget=budget)
+    cache.put(key("r", "a"), token("a"), GEN)
+    cache.put(key("r", "b"), token("b"), GEN)
+    expected = entry_size(key("r", "a"), token("a")) + entry_size(key("r", "b"), token("b"))
+    assert cache.bytes == budget.used == expected
+    cache.put(key("r", "a"), token("a2"), GEN)  # replacing an entry does not count it twice
+    assert budget.used == entry_size(key("r", "a"), token("a2")) + entry_size(
+        key("r", "b"), token("b")
+    )
+    cache.drop_role("r")
+    assert cache.bytes == budget.used == 0
+    cache.put(key("r", "a"), token("a"), GEN)
+    cache.clear()
+    assert budget.used == 0
+    cache.put(key("r", "a"), token("a", lifetime=1), GEN)
+    assert cache.get(key("r", "a"), min_remaining=0, now=NOW + 5) is None  # expired: removed
+    assert budget.used == 0
+
+
+def test_the_byte_budget_is_shared_by_every_mount_of_the_process() -> None:
+    size = entry_size(key("r", "0000"), token("0000"))
+    budget = ByteBudget(10 * size)
+    busy, quiet = TokenCache(budget=budget), TokenCache(budget=budget)
+    for index in range(3):
+        quiet.put(key("r", f"{index:04d}"), token(f"{index:04d}"), GEN)
+    for index in range(100):
+        busy.put(key("r", f"{index:04d}"), token(f"{index:04d}"), GEN)
+        assert budget.used <= budget.max_bytes
+    # The busy mount paid for its own growth: the quiet mount kept its tokens, and the busy
+    # one kept its most recent ones.
+    assert len(quiet) == 3
+    assert len(busy) == 7
+    assert busy.get(key("r", "0099"), min_remaining=0, now=NOW) is not None
+    assert busy.get(key("r", "0092"), min_remaining=0, now=NOW) is None
+    assert busy.evictions == 93
+
+
+def test_process_budget_is_one_per_size() -> None:
+    assert process_budget(12345) is process_budget(12345)
+    assert process_budget(12345) is not process_budget(54321)
+    with pytest.raises(ValueError, match="max_bytes"):
+        ByteBudget(0)
+
+
+async def test_a_flight_is_shared_only_within_a_generation() -> None:
+    cache = TokenCache()
+    gate = asyncio.Event()
+    minted: list[str] = []
+
+    def mint_as(name: str) -> Callable[[], Awaitable[IssuedToken]]:
+        async def mint() -> IssuedToken:
+            minted.append(name)
+            await gate.wait()
+            return token(name)
+
+        return mint
+
+    old = asyncio.create_task(cache.single_flight(key(), mint_as("old"), (1, 1)))
+    await asyncio.sleep(0)
+    new = asyncio.create_task(cache.single_flight(key(), mint_as("new"), (1, 2)))
+    same = asyncio.create_task(cache.single_flight(key(), mint_as("again"), (1, 2)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(old, new, same)
+    assert [(r[0].access_token, r[1]) for r in results] == [
+        ("token-old", False),
+        ("token-new", False),
+        ("token-new", True),
+    ]
+    assert minted == ["old", "new"]

@@ -429,3 +429,16 @@ async def test_help_documents_fields_and_bounds(client: PluginTestClient) -> Non
     ):
         assert name in text
     assert "1-64" in text
+
+
+async def test_a_role_name_over_the_limit_is_400_naming_it_not_500(
+    client: PluginTestClient,
+) -> None:
+    """The existence check runs before the write: a name it cannot take must not fail it
+    (OpenBao turns any existence-check error into a 500 "internal error")."""
+    too_long = "a" * 129
+    outcome = await client.write(f"roles/{too_long}", {"role_ids": "r1"})
+    assert outcome.status == 400
+    assert "'name'" in outcome.errors[0]
+    assert (await client.read(f"roles/{too_long}")).status == 400
+    assert await client.storage.list("roles/") == []

@@ -232,10 +232,11 @@ def test_create_telemetry_builds_the_otlp_pipeline() -> None:
 # --------------------------------------------------------------------------------- labels
 
 
-def test_mount_name_is_the_last_segment() -> None:
-    assert mount_name("skyflow/insurance/") == "insurance"
+def test_mount_name_is_the_whole_mount_path() -> None:
+    """Two tenants ``a/insurance`` and ``b/insurance`` must not merge into one label."""
+    assert mount_name("skyflow/insurance/") == "skyflow/insurance"
     assert mount_name("skyflow/") == "skyflow"
-    assert mount_name("a/b/c") == "c"
+    assert mount_name("a/insurance/") != mount_name("b/insurance/")
     assert mount_name("") == ""
 
 
@@ -550,7 +551,7 @@ async def test_spans_for_every_operation(
     write = rec.span("SkyflowPlugin.Config.Write")
     assert write.kind is SpanKind.SERVER
     attributes = dict(write.attributes or {})
-    assert attributes["skyflow.mount"] == "insurance"
+    assert attributes["skyflow.mount"] == "skyflow/insurance"
     assert attributes["skyflow.mount_path"] == MOUNT
     assert attributes["skyflow.operation"] == "create"
     assert attributes["skyflow.outcome"] == "success"
@@ -573,7 +574,9 @@ async def test_spans_for_every_operation(
     assert absent[0].attributes["skyflow.found"] is False
     assert rec.value("skyflow_role_operations_total", operation="read", outcome="success") == 2
     assert rec.value("skyflow_config_operations_total", operation="delete") == 1
-    assert rec.value("skyflow_health_checks_total", mount="insurance", outcome="success") == 1
+    assert (
+        rec.value("skyflow_health_checks_total", mount="skyflow/insurance", outcome="success") == 1
+    )
 
 
 async def test_token_spans_and_metrics_miss_then_hit(
@@ -603,15 +606,15 @@ async def test_token_spans_and_metrics_miss_then_hit(
     assert dict(auth.attributes or {})["http.response.status_code"] == 200
     assert [event.name for event in auth.events] == ["skyflow.attempt"]
 
-    labels = {"mount": "insurance", "role": "producer"}
+    labels = {"mount": "skyflow/insurance", "role": "producer"}
     assert rec.value("skyflow_total_tokens_generated", **labels) == 2
     assert rec.value("skyflow_total_tokens_generated", cache="hit", application="none") == 1
     assert rec.value("skyflow_token_generated_duration_ms", **labels, outcome="success") == 2
     assert rec.value("skyflow_token_cache_lookups_total", **labels, cache="hit") == 1
     assert rec.value("skyflow_token_cache_lookups_total", **labels, cache="miss") == 1
     # one exchange for the config's validation, one for the token
-    assert rec.value("skyflow_sdk_call_total", mount="insurance", status="200") == 2
-    assert rec.value("skyflow_sdk_call_duration_ms", mount="insurance", status="200") == 2
+    assert rec.value("skyflow_sdk_call_total", mount="skyflow/insurance", status="200") == 2
+    assert rec.value("skyflow_sdk_call_duration_ms", mount="skyflow/insurance", status="200") == 2
     assert rec.value("skyflow_total_tokens_failed") == 0
 
     secrets = secrets_of(creds, first.data["access_token"], second.data["access_token"])
@@ -710,7 +713,7 @@ async def test_token_failures_by_error_type(
     assert token.status.description == error_type
     auth = rec.spans("SkyflowPlugin.SDK.Auth")[-1]
     assert dict(auth.attributes or {})["error.type"] == error_type
-    labels = {"mount": "insurance", "role": "producer"}
+    labels = {"mount": "skyflow/insurance", "role": "producer"}
     assert rec.value("skyflow_total_tokens_failed", **labels, error_type=error_type) == 1
     assert rec.value("skyflow_token_generated_duration_ms", **labels, outcome="error") == 1
     assert rec.value("skyflow_sdk_call_total", status=str(upstream)) >= 1
@@ -790,6 +793,39 @@ async def test_application_source_is_a_bounded_label(
         capped.telemetry.shutdown()
 
 
+async def test_application_slots_are_per_mount(
+    emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    """One tenant cycling Application-Source values uses up its own slots only; and two
+    mounts whose paths end alike keep apart."""
+    capped = recorded(application_max_values=2)
+    try:
+        async with (
+            engine("direct", emulator, capped.telemetry, mount="a/insurance/") as noisy,
+            engine("direct", emulator, capped.telemetry, mount="b/insurance/") as quiet,
+        ):
+            await configure(noisy, creds)
+            await configure(quiet, creds)
+            for app in ("n1", "n2", "n3", "n4"):
+                source = headers(Application_Source=app)
+                assert (await noisy.read("creds/producer", headers=source)).status == 200
+            source = headers(Application_Source="claims-portal")
+            assert (await quiet.read("creds/producer", headers=source)).status == 200
+        assert (
+            capped.value(
+                "skyflow_total_tokens_generated", mount="b/insurance", application="claims-portal"
+            )
+            == 1
+        )
+        assert (
+            capped.value("skyflow_total_tokens_generated", mount="a/insurance", application="other")
+            == 2
+        )
+        assert capped.value("skyflow_total_tokens_generated", mount="a/insurance") == 4
+    finally:
+        capped.telemetry.shutdown()
+
+
 async def test_concurrent_misses_coalesce(
     emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
@@ -823,7 +859,7 @@ async def test_audit_line_per_token_request(
     first, second = (vars(r) for r in records)
     span = rec.spans("SkyflowPlugin.Token.Generate")[0]
     assert first["trace_id"] == f"{span.context.trace_id:032x}"
-    assert first["mount"] == "insurance"
+    assert first["mount"] == "skyflow/insurance"
     assert first["mount_path"] == MOUNT
     assert first["role"] == "producer"
     assert first["outcome"] == "success"

@@ -25,7 +25,7 @@ from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
 from .framework.backend import Backend, BackendConfig, BackendFactory
-from .framework.errors import StorageError
+from .framework.errors import BadRequest, StorageError
 from .framework.storage import StorageEntry
 from .framework.system_view import StaticSystemView, SystemView
 from .plugin.broker import Broker
@@ -92,14 +92,42 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
+# What the host puts in place of the plugin's message for these error types (OpenBao's
+# pb.ProtoErrToErr returns its own sentinel errors for them, dropping err_msg).
+HOST_SENTINELS = {
+    5: "unsupported operation",
+    6: "unsupported path",
+    7: "invalid request",
+    8: "permission denied",
+    9: "request needs further approval",
+    10: "unrecoverable error",
+}
+_STATUS = {0: 500, 1: 500, 2: 500, 4: 400, 5: 405, 6: 404, 7: 400, 8: 403, 10: 500}
+_WRAPPED = {0, *HOST_SENTINELS}
+"""Types whose text reaches the caller inside a multierror ("1 error occurred: ...")."""
+INTERNAL_ERROR = "internal error"
+
+
+def _multierror(message: str) -> str:
+    return f"1 error occurred:\n\t* {message}\n\n"
+
+
+def error_outcome(err: pb.ProtoError) -> Outcome:
+    """The HTTP result of a wire error, as OpenBao 2.7 answers it (measured: see
+    plugin-protocol.md section 8 and tests/e2e/test_sdk_e2e.py)."""
+    if err.err_type == 0 and err.err_msg == "permission denied":
+        return Outcome(status=403, errors=[_multierror(err.err_msg)])
+    status = int(err.err_code) if err.err_type == 3 else _STATUS.get(err.err_type, 500)
+    message = HOST_SENTINELS.get(err.err_type, err.err_msg)
+    return Outcome(
+        status=status, errors=[_multierror(message) if err.err_type in _WRAPPED else message]
+    )
+
+
 def host_outcome(operation: str, reply: pb.HandleRequestReply) -> Outcome:
     """Map a wire reply to the HTTP result, following what OpenBao 2.7 was measured to do."""
-    if reply.HasField("err") and reply.err.err_type:
-        err = reply.err
-        status = {2: 500, 3: int(err.err_code), 4: 400, 5: 405, 6: 404, 7: 400, 8: 403}.get(
-            err.err_type, 500
-        )
-        return Outcome(status=status, errors=[err.err_msg])
+    if reply.HasField("err") and (reply.err.err_type or reply.err.err_msg):
+        return error_outcome(reply.err)
     if not reply.HasField("response"):
         return Outcome(status=404 if operation in ("read", "list") else 204)
     data = json.loads(reply.response.data)
@@ -111,6 +139,20 @@ def host_outcome(operation: str, reply: pb.HandleRequestReply) -> Outcome:
     if operation == "list" and not data.get("keys"):
         return Outcome(status=404)
     return Outcome(status=200, data=data, warnings=list(reply.response.warnings))
+
+
+def existence_outcome(reply: pb.HandleExistenceCheckReply) -> Outcome | str:
+    """What the host makes of an existence check: the operation to send (``"create"`` or
+    ``"update"``), or the error the caller gets. As OpenBao's request handling does: an
+    unsupported path means "no check" (update); a user error is returned as is; any other
+    error becomes a 500 ``internal error``."""
+    if reply.HasField("err") and (reply.err.err_type or reply.err.err_msg):
+        if reply.err.err_type == 6:
+            return "update"
+        if reply.err.err_type == 1:
+            return error_outcome(reply.err)
+        return Outcome(status=500, errors=[INTERNAL_ERROR])
+    return "create" if reply.check_found and not reply.exists else "update"
 
 
 class Driver(Protocol):
@@ -142,9 +184,14 @@ class DirectDriver:
     async def existence(self, message: pb.Request) -> pb.HandleExistenceCheckReply:
         from .plugin.codec import decode_request
 
-        found, exists = await self.backend.handle_existence_check(
-            decode_request(message, self.storage)
-        )
+        try:
+            request = decode_request(message, self.storage)
+        except BadRequest:
+            return pb.HandleExistenceCheckReply()  # as the plugin server does
+        try:
+            found, exists = await self.backend.handle_existence_check(request)
+        except Exception as exc:
+            return pb.HandleExistenceCheckReply(err=encode_error(exc))
         return pb.HandleExistenceCheckReply(check_found=found, exists=exists)
 
 
@@ -413,9 +460,10 @@ class PluginTestClient:
     async def write(self, path: str, data: dict[str, Any] | None = None, **extra: Any) -> Outcome:
         """A POST/PUT: existence check, then ``create`` or ``update``."""
         message = self._message("update", path, data or {}, **extra)
-        check = await self.driver.existence(message)
-        operation = "create" if check.check_found and not check.exists else "update"
-        return await self.call(operation, path, data or {}, **extra)
+        decided = existence_outcome(await self.driver.existence(message))
+        if isinstance(decided, Outcome):
+            return decided
+        return await self.call(decided, path, data or {}, **extra)
 
     async def list(self, path: str) -> Outcome:
         """A LIST."""

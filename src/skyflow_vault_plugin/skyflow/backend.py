@@ -3,13 +3,26 @@
 State kept in memory, so that a warm ``creds`` read makes no storage or Skyflow call:
 the config and its parsed key, the roles, the token cache and the Skyflow client. Every
 local write updates it; the host's ``InvalidateKey`` (a write made elsewhere) drops it.
+
+A write takes effect when it returns:
+
+* every write and every ``InvalidateKey`` bumps a *generation* (config, or one role); a
+  storage read stores what it loaded only if the generation it took before the read is
+  still current, so a read in flight across a write or a delete cannot bring the old entry
+  back (the active node never gets ``InvalidateKey`` for its own writes);
+* read-modify-writes of one key run under that key's lock (:class:`KeyedLocks`);
+* the parsed service account is cached under a fingerprint of the credential material,
+  never under the config's version (which restarts at 1 after a delete).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,9 +37,11 @@ from ..sdk.framework import (
     SystemView,
 )
 from . import storage as store
-from .cache import DEFAULT_MAX_ENTRIES, TokenCache
+from .cache import ByteBudget, TokenCache, process_budget
 from .client import ExchangePolicy, IssuedToken, TokenClient
 from .credentials import ServiceAccount, load_credentials_file, parse_credentials
+from .engine_env import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, read_engine_env
+from .keyed_locks import KeyedLocks
 from .storage import ConfigEntry, RoleEntry
 from .telemetry import Telemetry, process_telemetry
 from .trust import shared_tls_context
@@ -48,27 +63,41 @@ expiry. "health" reports whether the mount works, down to Skyflow.
 HEALTH_CACHE_KEY = ("", "")  # the unscoped token health checks reuse; no role has this name
 
 
+MAX_ABSENT_ROLES = 1024
+"""Names remembered as "no such role" (any caller can ask for any name: bounded, LRU)."""
+
+_log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Process-wide settings, read once from the environment given at registration.
 
     ``SKYFLOW_TOKEN_CACHE_MAX_ENTRIES`` caps each mount's token cache (default 10000);
-    ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries included (seconds,
-    default 30, below Vault's 90 s request limit). ``transport`` lets tests put Skyflow
-    in-process; ``telemetry`` replaces the process-wide telemetry (see telemetry/).
+    ``SKYFLOW_TOKEN_CACHE_MAX_BYTES`` caps the bytes of every mount's tokens together
+    (default 64 MiB); ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries
+    included (seconds, default 30, below Vault's 90 s request limit). The plugin checks them
+    at start (see engine_env.py). ``transport`` lets tests put Skyflow in-process;
+    ``telemetry`` replaces the process-wide telemetry (see telemetry/); ``budget`` replaces
+    the process-wide byte budget.
     """
 
     cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    cache_max_bytes: int = DEFAULT_MAX_BYTES
     policy: ExchangePolicy = field(default_factory=ExchangePolicy)
     transport: httpx.AsyncBaseTransport | None = None
     telemetry: Telemetry | None = None
+    budget: ByteBudget | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
         """Settings from environment variables, falling back to defaults."""
-        entries = int(env.get("SKYFLOW_TOKEN_CACHE_MAX_ENTRIES", DEFAULT_MAX_ENTRIES))
-        deadline = float(env.get("SKYFLOW_REQUEST_DEADLINE", ExchangePolicy.deadline))
-        return cls(cache_max_entries=entries, policy=ExchangePolicy(deadline=deadline))
+        values = read_engine_env(env)
+        return cls(
+            cache_max_entries=values.cache_max_entries,
+            cache_max_bytes=values.cache_max_bytes,
+            policy=ExchangePolicy(deadline=values.deadline),
+        )
 
 
 @dataclass
@@ -100,14 +129,17 @@ class SkyflowBackend:
         self.storage: Storage = config.storage
         self.system_view: SystemView = config.system_view
         self.logger = config.logger
-        self.cache = TokenCache(self.settings.cache_max_entries)
+        budget = self.settings.budget or process_budget(self.settings.cache_max_bytes)
+        self.cache = TokenCache(self.settings.cache_max_entries, budget)
         self.policy = self.settings.policy
         self.generations = _Generations()
+        self.locks = KeyedLocks()
         self.telemetry = self.settings.telemetry or process_telemetry()
         self._config: ConfigEntry | _Unloaded | None = UNLOADED
         self._account: ServiceAccount | None = None
-        self._account_source: object = None
-        self._roles: dict[str, RoleEntry | None] = {}
+        self._account_key: object = None
+        self._roles: dict[str, RoleEntry] = {}
+        self._absent_roles: OrderedDict[str, None] = OrderedDict()
         self._client: TokenClient | None = None
         self._client_trust: object = None
         self._retired: dict[asyncio.Task[None], TokenClient] = {}
@@ -115,53 +147,96 @@ class SkyflowBackend:
     # -- config ----------------------------------------------------------------------------
 
     async def get_config(self) -> ConfigEntry | None:
-        """The mount's config, from memory or storage."""
-        if isinstance(self._config, _Unloaded):
-            self._config = await store.load_config(self.storage)
-        return self._config
+        """The mount's config, from memory or storage.
+
+        What storage returned is kept only if no write or invalidation landed meanwhile;
+        the caller gets it either way (its read overlapped the write).
+        """
+        if not isinstance(self._config, _Unloaded):
+            return self._config
+        generation = self.generations.config
+        loaded = await store.load_config(self.storage)
+        if generation == self.generations.config:
+            self._config = loaded
+        return loaded
 
     def set_config(self, config: ConfigEntry | None, account: ServiceAccount | None) -> None:
         """Record a config just written (or deleted) and drop every token of the mount."""
         self._config = config
         self._account = account
-        self._account_source = _account_source(config) if account else None
+        self._account_key = _account_key(config) if account and config else None
         self.generations.config += 1
         self.cache.clear()
 
     async def account(self, config: ConfigEntry) -> ServiceAccount:
-        """The parsed service account. A file is re-read when it changed on disk."""
-        source = _account_source(config)
+        """The parsed service account, cached under a fingerprint of its source.
+
+        A ``credentials_json`` account is keyed by the SHA-256 of the stored JSON; a file by
+        its path, size and modification time. When a file's content now holds another
+        account (client, key or token URI), that is a new account: the mount's tokens are
+        dropped and the change is logged, as a config write would.
+        """
+        key = _account_key(config)
         if config.credentials_type == "file_path":
             path = config.credentials_file_path or ""
             try:
                 stat = await asyncio.to_thread(os.stat, path)
-                source = (path, stat.st_mtime_ns, stat.st_size)
+                key = ("file", path, stat.st_mtime_ns, stat.st_size, stat.st_ino)
             except OSError:
-                source = (path, None, None)  # load_credentials_file reports the problem
-        if self._account is not None and self._account_source == source:
+                key = ("file", path, None)  # load_credentials_file reports the problem
+        if self._account is not None and self._account_key == key:
             return self._account
+        previous, previous_key = self._account, self._account_key
         if config.credentials_type == "file_path":
-            account = await asyncio.to_thread(
-                load_credentials_file, config.credentials_file_path or ""
-            )
+            path = config.credentials_file_path or ""
+            account = await asyncio.to_thread(load_credentials_file, path)
+            same_file = isinstance(previous_key, tuple) and previous_key[:2] == ("file", path)
+            if previous is not None and same_file and _identity(previous) != _identity(account):
+                _log.warning(
+                    "the credentials file now holds another service account; dropping every "
+                    "token of the mount",
+                    extra={"client_id": account.client_id, "key_id": account.key_id},
+                )
+                self.generations.config += 1
+                self.cache.clear()
         else:
             account = parse_credentials(config.credentials_json or "")
-        self._account, self._account_source = account, source
+        self._account, self._account_key = account, key
         return account
 
     # -- roles -----------------------------------------------------------------------------
 
     async def get_role(self, name: str) -> RoleEntry | None:
-        """A role, from memory or storage (absence is remembered too)."""
-        if name not in self._roles:
-            self._roles[name] = await store.load_role(self.storage, name)
-        return self._roles[name]
+        """A role, from memory or storage. Absence is remembered too, for a bounded number
+        of names; a load overlapping a write of the role is returned but not kept."""
+        role = self._roles.get(name)
+        if role is not None:
+            return role
+        if name in self._absent_roles:
+            self._absent_roles.move_to_end(name)
+            return None
+        generation = self.generations.role(name)
+        loaded = await store.load_role(self.storage, name)
+        if generation == self.generations.role(name):
+            self._remember_role(name, loaded)
+        return loaded
 
     def set_role(self, name: str, role: RoleEntry | None) -> None:
         """Record a role just written (or deleted) and drop its tokens."""
-        self._roles[name] = role
+        self._remember_role(name, role)
         self.generations.bump_role(name)
         self.cache.drop_role(name)
+
+    def _remember_role(self, name: str, role: RoleEntry | None) -> None:
+        if role is not None:
+            self._absent_roles.pop(name, None)
+            self._roles[name] = role
+            return
+        self._roles.pop(name, None)
+        self._absent_roles[name] = None
+        self._absent_roles.move_to_end(name)
+        while len(self._absent_roles) > MAX_ABSENT_ROLES:
+            self._absent_roles.popitem(last=False)
 
     # -- Skyflow ---------------------------------------------------------------------------
 
@@ -205,11 +280,13 @@ class SkyflowBackend:
         if key == store.CONFIG_KEY:
             self._config = UNLOADED
             self._account = None
+            self._account_key = None
             self.generations.config += 1
             self.cache.clear()
         elif key.startswith(store.ROLE_PREFIX):
             name = key[len(store.ROLE_PREFIX) :]
             self._roles.pop(name, None)
+            self._absent_roles.pop(name, None)
             self.generations.bump_role(name)
             self.cache.drop_role(name)
 
@@ -229,12 +306,20 @@ class SkyflowBackend:
         await self.telemetry.flush()
 
 
-def _account_source(config: ConfigEntry | None) -> object:
+def _account_key(config: ConfigEntry | None) -> object:
+    """What a cached account is looked up by: a fingerprint of the credential material
+    (never the config's version, which restarts at 1 after a delete)."""
     if config is None:
         return None
     if config.credentials_type == "file_path":
-        return (config.credentials_file_path, None, None)
-    return ("json", config.version)
+        # No size or mtime yet: the first use stats the file and compares the account.
+        return ("file", config.credentials_file_path, "written")
+    digest = hashlib.sha256((config.credentials_json or "").encode()).hexdigest()
+    return ("json", digest)
+
+
+def _identity(account: ServiceAccount) -> tuple[str, str, str, str]:
+    return (account.client_id, account.key_id, account.token_uri, account.key_fingerprint)
 
 
 def make_factory(settings: EngineSettings | None = None) -> BackendFactory:

@@ -1,8 +1,9 @@
 """``config``: the mount's Skyflow service account.
 
-Exactly one credential source: ``credentials_json`` (stored by Vault, seal-wrapped) or
-``credentials_file_path`` (read from each server's disk when used; every HA node needs the
-file, and the key is then not protected by Vault's seal). A read never returns the key.
+Exactly one credential source: ``credentials_json`` (stored by Vault, encrypted by its
+barrier; seal-wrapped too on Vault Enterprise only) or ``credentials_file_path`` (read from
+each server's disk when used; every HA node needs the file, and the key is then outside
+Vault's encrypted storage). A read never returns the key.
 """
 
 from __future__ import annotations
@@ -41,14 +42,15 @@ CONFIG_FIELDS = {
         FieldType.STRING_OR_MAP,
         "The service account's credentials JSON as Skyflow issues it (clientID, keyID, "
         "tokenURI, privateKey; camelCase or snake_case keys), as text or as an object. "
-        "Stored seal-wrapped; never returned. Exclusive with credentials_file_path.",
+        "Stored encrypted by Vault (seal-wrapped as well on Vault Enterprise only); never "
+        "returned. Exclusive with credentials_file_path.",
         max_length=65536,
     ),
     "credentials_file_path": Field(
         FieldType.STRING,
         "Absolute path of a credentials JSON file readable by the server, read when used. "
-        "Every HA node needs the file, and the key is then not sealed by Vault. Exclusive "
-        "with credentials_json.",
+        "Every HA node needs the file, and the key is then outside Vault's encrypted storage. "
+        "Exclusive with credentials_json.",
         max_length=4096,
     ),
     "description": Field(
@@ -97,6 +99,12 @@ async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | 
 
 
 async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+    # Read-modify-write: two writes must not both start from version N.
+    async with b.locks.hold(store.CONFIG_KEY):
+        return await _update(b, data)
+
+
+async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
     current = await b.get_config()
     json_value, has_json = data.get_ok("credentials_json")
     path_value, has_path = data.get_ok("credentials_file_path")
@@ -139,6 +147,9 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
     probe = None
     if (has_json or has_path) and data.get("validate_credentials"):
         source = "credentials_json" if has_json else "credentials_file_path"
+        # On a standby, storage is read-only and the host forwards the write to the active
+        # node once the plugin says so: find out before spending a token exchange here.
+        await store.probe_writable(b.storage)
         try:
             probe = await b.mint(account, [], None)
         except SkyflowRejected as exc:
@@ -159,8 +170,8 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
         b.cache.put(HEALTH_CACHE_KEY, probe, (b.generations.config, 0))
     if updated.credentials_type == "file_path":
         warnings.append(
-            "credentials_file_path: the key stays on disk, outside Vault's seal; every HA node "
-            "needs the file at this path"
+            "credentials_file_path: the key stays on disk, outside Vault's encrypted storage; "
+            "every HA node needs the file at this path"
         )
     return Response(data=_public_view(updated), warnings=warnings)
 
@@ -172,8 +183,9 @@ def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:
 
 
 async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
-    await b.storage.delete(store.CONFIG_KEY)
-    b.set_config(None, None)
+    async with b.locks.hold(store.CONFIG_KEY):
+        await b.storage.delete(store.CONFIG_KEY)
+        b.set_config(None, None)
     return None
 
 
@@ -204,8 +216,9 @@ def config_paths(b: SkyflowBackend) -> list[Path]:
             help_synopsis="Configure the Skyflow service account of this mount.",
             help_description="""
             The service account signs the assertions exchanged for bearer tokens. Give
-            credentials_json (stored seal-wrapped) or credentials_file_path (read from the
-            server's disk when used). Each write bumps "version"; a read shows client_id,
+            credentials_json (stored encrypted by Vault's barrier; seal-wrapped as well only on
+            Vault Enterprise) or credentials_file_path (read from the server's disk when
+            used). Each write bumps "version"; a read shows client_id,
             key_id, token_uri, credentials_type, description, tags, version and
             last_updated, never the private key. Writing or deleting the config drops every
             cached token of the mount.

@@ -29,11 +29,13 @@ from .client import IssuedToken, canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx
 from .errors import InvalidInput, SkyflowUnavailable, UpstreamError
 from .errors_http import to_logical
+from .path_roles import MAX_NAME_LENGTH
 from .storage import RoleEntry
 from .telemetry import TOKEN_GENERATE, note_cache, note_ctx, note_error
 
 CREDS_FIELDS = {
-    "name": Field(FieldType.NAME, "Name of the role."),
+    # As long as a role name may be: a longer one cannot exist, and must not cost memory.
+    "name": Field(FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH),
     "ctx": Field(
         FieldType.STRING_OR_MAP,
         "Context for Skyflow's context-aware policies: a string, or (POST/PUT) a JSON object "
@@ -119,7 +121,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
     note_cache("miss" if role.cache_tokens else "off")
     try:
         if role.cache_tokens:
-            token, _joined = await b.cache.single_flight(key, mint)
+            token, _joined = await b.cache.single_flight(key, mint, generation)
             if _joined:
                 note_cache("coalesced")
         else:

@@ -76,7 +76,7 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
 
             try:
                 # Concurrent probes share one exchange.
-                await b.cache.single_flight(HEALTH_CACHE_KEY, probe)
+                await b.cache.single_flight(HEALTH_CACHE_KEY, probe, generation)
                 checks["skyflow"] = _check(True, "a token was obtained", cached=False)
             except SkyflowError as exc:
                 status = getattr(exc, "status", None)

@@ -193,6 +193,13 @@ async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | 
 
 async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     name = data.get("name")
+    # Read-modify-write: a concurrent update of the role must not start from the same
+    # entry and lose this one's fields.
+    async with b.locks.hold(store.ROLE_PREFIX + name):
+        return await _update(b, name, data)
+
+
+async def _update(b: SkyflowBackend, name: str, data: FieldData) -> Response | None:
     current = await b.get_role(name)
     if current is None:
         data.require("role_ids")
@@ -226,8 +233,9 @@ def _check_ctx_rules(role: RoleEntry) -> None:
 
 async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     name = data.get("name")
-    await b.storage.delete(store.ROLE_PREFIX + name)
-    b.set_role(name, None)
+    async with b.locks.hold(store.ROLE_PREFIX + name):
+        await b.storage.delete(store.ROLE_PREFIX + name)
+        b.set_role(name, None)
     return None
 
 

@@ -14,6 +14,8 @@ from ..sdk.framework import Storage, StorageEntry, StorageError
 
 CONFIG_KEY = "config"
 ROLE_PREFIX = "roles/"
+WRITE_PROBE_KEY = "write-probe"
+"""Never holds an entry: deleting it tells an active node (a no-op) from a standby."""
 SCHEMA_VERSION = 1
 
 
@@ -36,14 +38,16 @@ def _check_schema(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
 class ConfigEntry:
     """The mount's Skyflow service account and its metadata.
 
-    With ``credentials_type == "json"`` the whole credentials JSON is stored (the host
-    seal-wraps it); with ``"file_path"`` only the path is, and the file is read when used.
+    With ``credentials_type == "json"`` the whole credentials JSON is stored (encrypted by
+    the host's barrier; marked for seal wrapping, which only Vault Enterprise does); with
+    ``"file_path"`` only the path is, and the file is read when used.
     ``client_id``, ``key_id`` and ``token_uri`` are copied from the credentials so that a
     read can show them without touching the key.
     """
 
     credentials_type: str
-    credentials_json: str | None = None
+    # Holds the private key: never in repr (reprs reach logs and tracebacks).
+    credentials_json: str | None = field(default=None, repr=False)
     credentials_file_path: str | None = None
     client_id: str = ""
     client_name: str | None = None
@@ -94,7 +98,7 @@ async def load_config(storage: Storage) -> ConfigEntry | None:
 
 
 async def save_config(storage: Storage, config: ConfigEntry) -> None:
-    """Store the config, seal-wrapped."""
+    """Store the config, marked for seal wrapping (Vault Enterprise only)."""
     await storage.put(StorageEntry.from_json(CONFIG_KEY, asdict(config), seal_wrap=True))
 
 
@@ -105,5 +109,15 @@ async def load_role(storage: Storage, name: str) -> RoleEntry | None:
 
 
 async def save_role(storage: Storage, role: RoleEntry) -> None:
-    """Store a role, seal-wrapped."""
+    """Store a role, marked for seal wrapping (Vault Enterprise only)."""
     await storage.put(StorageEntry.from_json(ROLE_PREFIX + role.name, asdict(role), seal_wrap=True))
+
+
+async def probe_writable(storage: Storage) -> None:
+    """Raise :class:`~skyflow_vault_plugin.sdk.framework.ReadOnlyStorageError` on a standby
+    (or a performance standby), whose storage refuses every write, before any costly work.
+
+    Deleting a key that never exists changes nothing on an active node. The error is the
+    host's read-only sentinel, which makes the host forward the request to the active node.
+    """
+    await storage.delete(WRITE_PROBE_KEY)

@@ -163,6 +163,14 @@ async def test_serves_the_small_services_over_mtls(plugin: RunningPlugin) -> Non
     assert not_set_up.err.err_msg == "backend is not set up"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/limits"), reason="needs Linux /proc")
+async def test_the_running_plugin_cannot_dump_core(plugin: RunningPlugin) -> None:
+    """A core file would hold keys and tokens: the served process has a core limit of 0."""
+    limits = Path(f"/proc/{plugin.process.pid}/limits").read_text().splitlines()
+    core = next(line for line in limits if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"], core
+
+
 async def test_shutdown_exits_cleanly_and_removes_the_socket(plugin: RunningPlugin) -> None:
     await goplugin_grpc.GRPCControllerStub(plugin.channel).Shutdown(goplugin_pb2.Empty())
     assert await asyncio.wait_for(plugin.process.wait(), 10) == 0

@@ -28,7 +28,8 @@ class BackendType(enum.IntEnum):
 class SpecialPaths:
     """Paths the host treats specially. Entries are path prefixes, or globs ending in ``*``.
 
-    ``seal_wrap_storage`` keys are seal-wrapped by the host when its seal supports it;
+    ``seal_wrap_storage`` keys are seal-wrapped by Vault Enterprise (OpenBao and Vault CE
+    have no seal wrapping and encrypt them with the barrier like every entry);
     ``local_storage`` keys are not replicated; ``root`` paths need a root/sudo token;
     ``unauthenticated`` paths need no token.
     """
@@ -146,11 +147,17 @@ class Backend:
             return False, False
         request.match = groups
         try:
-            data = FieldData(path.fields, request.data, groups)
+            try:
+                data = FieldData(path.fields, request.data, groups)
+            except FieldError:
+                # A bad value is reported by the operation itself, with its field name.
+                data = FieldData(path.fields, {}, groups)
+            return True, await path.existence_check(request, data)
         except FieldError:
-            # A bad value is reported by the operation itself, with its field name.
-            data = FieldData(path.fields, {}, groups)
-        return True, await path.existence_check(request, data)
+            # A bad path value (e.g. a name over its length limit): "no check", so the
+            # host sends the write as an update and the operation answers 400 naming the
+            # field. An error here would reach the caller as a 500 "internal error".
+            return False, False
 
     def _help(self, relative_path: str) -> Response:
         routed = self.route(relative_path) if relative_path else None

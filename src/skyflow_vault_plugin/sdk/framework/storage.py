@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
 class StorageEntry:
-    """One stored value. ``seal_wrap`` asks the host to seal-wrap it (with a capable seal)."""
+    """One stored value. ``seal_wrap`` marks it for the host's seal wrapping, which only
+    Vault Enterprise performs; OpenBao and Vault CE encrypt it with the barrier like every
+    entry. The value is left out of ``repr``: it may hold a secret, and reprs reach logs
+    and tracebacks."""
 
     key: str
-    value: bytes
+    value: bytes = field(repr=False)
     seal_wrap: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"StorageEntry(key={self.key!r}, value=<{len(self.value)} bytes>, "
+            f"seal_wrap={self.seal_wrap!r})"
+        )
 
     @classmethod
     def from_json(cls, key: str, obj: Any, *, seal_wrap: bool = False) -> StorageEntry:

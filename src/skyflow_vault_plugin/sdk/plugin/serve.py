@@ -19,6 +19,7 @@ from h2.connection import H2Connection
 from ..framework.backend import BackendFactory
 from .broker import Broker
 from .handshake import NotAPluginHost, handshake_line, negotiate
+from .hardening import disable_core_dumps
 from .hclog import configure_logging
 from .services import (
     BackendService,
@@ -57,6 +58,8 @@ def serve(
     # Ctrl-C on the host's terminal reaches the whole process group: the host decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(environment.get("PLUGIN_LOG_LEVEL", "info"))
+    for problem in disable_core_dumps():
+        log.warning("could not disable core dumps", extra={"detail": problem})
     runner = _run(
         factory,
         version=version,

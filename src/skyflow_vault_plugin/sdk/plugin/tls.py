@@ -7,10 +7,12 @@ P-256 is cheaper to generate at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import ssl
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -91,16 +93,40 @@ def build_tls(host_cert_pem: str) -> PluginTLS:
     client.load_verify_locations(cadata=host_cert_pem)
     client.set_alpn_protocols(["h2"])
 
-    # load_cert_chain reads files only: keep the key in a private directory for an instant.
+    _load_chain((server, client), cert_pem + key_pem)
+    return PluginTLS(cert_der=cert_der, server=server, client=client)
+
+
+def _load_chain(contexts: tuple[ssl.SSLContext, ...], chain_pem: bytes) -> None:
+    """Load the certificate and private key into ``contexts``.
+
+    ``load_cert_chain`` reads only from a path. On Linux the path is an anonymous memory
+    file (``memfd_create``): the key never reaches a disk or ``$TMPDIR``, and vanishes when
+    its descriptor closes. Elsewhere, a private (0700) directory
+    holds it for an instant.
+    """
+    with _chain_path(chain_pem) as path:
+        for context in contexts:
+            context.load_cert_chain(path)
+
+
+@contextlib.contextmanager
+def _chain_path(chain_pem: bytes) -> Iterator[str]:
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("plugin-tls", getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            view = memoryview(chain_pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
     with tempfile.TemporaryDirectory(prefix="plugin-tls-") as private_dir:
         os.chmod(private_dir, 0o700)
-        key_file = os.path.join(private_dir, "key.pem")
-        cert_file = os.path.join(private_dir, "cert.pem")
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        path = os.path.join(private_dir, "chain.pem")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(key_pem)
-        with open(cert_file, "wb") as handle:
-            handle.write(cert_pem)
-        server.load_cert_chain(cert_file, key_file)
-        client.load_cert_chain(cert_file, key_file)
-    return PluginTLS(cert_der=cert_der, server=server, client=client)
+            handle.write(chain_pem)
+        yield path

@@ -160,9 +160,12 @@ HEALTH_CHECK = Op(SPAN_HEALTH_CHECK, "health")
 
 
 def mount_name(mount_point: str) -> str:
-    """The last segment of a mount path: ``insurance`` for ``skyflow/insurance/``."""
-    stripped = mount_point.strip("/")
-    return stripped.rsplit("/", 1)[-1]
+    """The mount path without its slashes: ``skyflow/insurance`` for ``skyflow/insurance/``.
+
+    The whole path, not its last segment: ``a/insurance`` and ``b/insurance`` are two
+    tenants and must not share a label.
+    """
+    return mount_point.strip("/")
 
 
 class ApplicationLabels:
@@ -443,9 +446,10 @@ class Telemetry:
 
     def __init__(self, settings: TelemetrySettings | None = None) -> None:
         self.settings = settings or TelemetrySettings()
-        self.applications = ApplicationLabels(
-            self.settings.application_allowlist, self.settings.application_max_values
-        )
+        # One set of Application-Source slots per mount: a tenant sending many distinct
+        # values must not use up the labels of every other mount of the process.
+        self._applications: dict[str, ApplicationLabels] = {}
+        self._overflow_applications = self._new_application_labels()
         self._audit = logging.getLogger(AUDIT_LOGGER) if self.settings.audit_log else None
         self._mounts: dict[str, str] = {}
 
@@ -503,10 +507,25 @@ class Telemetry:
                 self._mounts[mount_point] = label
         return label
 
+    def _new_application_labels(self) -> ApplicationLabels:
+        return ApplicationLabels(
+            self.settings.application_allowlist, self.settings.application_max_values
+        )
+
+    def application_labels(self, mount: str) -> ApplicationLabels:
+        """The ``Application-Source`` label slots of one mount (by its label)."""
+        labels = self._applications.get(mount)
+        if labels is None:
+            if len(self._applications) >= _MAX_LABEL_MEMO:
+                return self._overflow_applications
+            labels = self._applications[mount] = self._new_application_labels()
+        return labels
+
     def _begin(self, op: Op, req: Request) -> OpScope:
+        mount = self.mount_label(req.mount_point)
         values = req.headers.get("application-source")
-        application = self.applications.label(values[0] if values else None)
-        return OpScope(op, req, self.mount_label(req.mount_point), application)
+        application = self.application_labels(mount).label(values[0] if values else None)
+        return OpScope(op, req, mount, application)
 
     def _end(self, scope: OpScope) -> None:
         try:
