@@ -2,7 +2,8 @@
 
 GET takes ``ctx`` from the query string, POST/PUT from the body: a string or a map, where
 the JSON text of an object (what ``bao write ... ctx='{"k":"v"}'`` sends) is that map.
-Tokens are data, not leases: Skyflow tokens cannot be revoked, so the response says when the token expires (``expires_in``, ``expires_at``) and carries no lease.
+Tokens are data, not leases: Skyflow tokens cannot be revoked, so the response says when
+the token expires (``expires_in``, ``expires_at``) and carries no lease.
 """
 
 from __future__ import annotations
