@@ -172,6 +172,7 @@ async def _scenarios(
     # Nothing configured yet.
     await call("config", "read", "config")
     await call("health", "read", "health")
+    await call("health", "read", "health", {"unhealthy_code": "204"})
     await call("roles/", "list", "roles/")
     await call("roles/<name>", "read", "roles/missing")
     await call("creds/<name>", "read", "creds/missing")

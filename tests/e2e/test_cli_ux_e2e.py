@@ -186,3 +186,49 @@ def _cli_env(stack: SkyflowStack) -> dict[str, str]:
     env = controlled_environment()
     env.update(stack.bao.env)
     return env
+
+
+# -- health for people and for load balancers -------------------------------------------------
+
+
+def test_cli_shows_why_a_mount_is_unhealthy(stack: SkyflowStack) -> None:
+    path = "skyflow/unconfigured-health"
+    stack.client().enable_secrets(path, "skyflow")
+    reason = "* config: not configured: write the service account to config"
+    for args in ((), ("-format=json",)):
+        shown = bao(stack, "read", *args, f"{path}/health")
+        assert shown.returncode == 2
+        assert "Code: 503" in shown.stderr
+        assert reason in shown.stderr
+    # With a 2xx unhealthy_code the CLI shows the whole body, the reason as a warning.
+    full = bao(stack, "read", "-format=json", f"{path}/health", "unhealthy_code=200")
+    assert full.returncode == 0, full.stderr
+    body = json.loads(full.stdout)
+    assert body["data"]["healthy"] is False
+    assert body["data"]["checks"]["config"]["ok"] is False
+    assert body["warnings"] == [reason[2:]]
+
+
+def test_health_status_for_load_balancers(stack: SkyflowStack, unit_mount: UnitMount) -> None:
+    path = "skyflow/unconfigured-lb"
+    stack.client().enable_secrets(path, "skyflow")
+    url = f"{stack.bao.addr}/v1/{path}/health"
+    headers = {"X-Vault-Token": stack.bao.root_token}
+    down = httpx.get(url, headers=headers)
+    assert down.status_code == 503
+    assert down.json()["errors"] == ["config: not configured: write the service account to config"]
+    assert down.json()["data"]["healthy"] is False
+    assert httpx.get(url, headers=headers, params={"unhealthy_code": "429"}).status_code == 429
+    assert httpx.get(url, headers=headers, params={"unhealthy_code": "200"}).status_code == 200
+
+    configured = unit_mount()  # its config write left a probe token behind
+    up = httpx.get(
+        f"{stack.bao.addr}/v1/{configured}/health",
+        headers=headers,
+        params={"unhealthy_code": "200"},
+    )
+    assert up.status_code == 200
+    skyflow = up.json()["data"]["checks"]["skyflow"]
+    assert skyflow["cached"] is True
+    assert 0 <= skyflow["age_seconds"] < 60
+    assert "errors" not in up.json()
