@@ -232,3 +232,38 @@ def test_health_status_for_load_balancers(stack: SkyflowStack, unit_mount: UnitM
     assert skyflow["cached"] is True
     assert 0 <= skyflow["age_seconds"] < 60
     assert "errors" not in up.json()
+
+
+# -- what error bodies really look like (docs/api.md, Errors) ----------------------------------
+
+
+def test_error_bodies_as_documented(stack: SkyflowStack, unit_mount: UnitMount) -> None:
+    path = unit_mount(roles={"r": ["ins-reader"]})
+    headers = {"X-Vault-Token": stack.bao.root_token}
+    base = f"{stack.bao.addr}/v1/{path}"
+    # 400s arrive as the plain message.
+    bad = httpx.post(f"{base}/roles/r", headers=headers, json={"role_id": "x"})
+    assert bad.status_code == 400
+    assert bad.json()["errors"] == [
+        "invalid value for field 'role_id': unknown field for this path; did you mean 'role_ids'?"
+    ]
+    # Other statuses arrive wrapped by the server, as api.md shows.
+    missing = httpx.get(f"{base}/creds/nope", headers=headers)
+    assert missing.status_code == 404
+    assert missing.json()["errors"] == ["1 error occurred:\n\t* role 'nope' does not exist\n\n"]
+    stack.admin.set_faults(fail_status=503)
+    try:
+        down = httpx.post(f"{base}/creds/r", headers=headers, json={"ctx": "fresh-ctx"})
+    finally:
+        stack.admin.reset()
+    assert down.status_code == 503
+    (message,) = down.json()["errors"]
+    assert message.startswith("1 error occurred:\n\t* Skyflow is unavailable")
+    assert message.endswith("\n\n")
+    # `bao read` turns any 404 into "No value found"; `bao write` prints the wrapped text.
+    read = bao(stack, "read", f"{path}/creds/nope")
+    assert read.returncode == 2
+    assert read.stderr == f"No value found at {path}/creds/nope\n"
+    written = bao(stack, "write", "-force", f"{path}/creds/nope")
+    assert written.returncode == 2
+    assert "* 1 error occurred:\n\t* role 'nope' does not exist" in written.stderr
