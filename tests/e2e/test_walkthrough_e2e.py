@@ -30,8 +30,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 WALKTHROUGH = REPO / "docs" / "walkthrough.md"
-DOCUMENTED = ("BAO_ADDR", "PLUGIN_DIR", "PREFIX", "PLUGIN_SOURCE", "SKYFLOW_CA_FILE")
-DOCUMENTED += ("INSURANCE_SA", "LENDING_SA")
+DOCUMENTED = {
+    "BAO_ADDR",
+    "PLUGIN_DIR",
+    "PREFIX",
+    "PLUGIN_SOURCE",
+    "SKYFLOW_CA_FILE",
+    "INSURANCE_SA",
+    "LENDING_SA",
+}
 # Values the page's commands put into variables, handed back by the test's epilogue.
 CAPTURED = ("SKYFLOW_TOKEN", "SKYFLOW_CTX_TOKEN", "LENDING_SKYFLOW_TOKEN")
 
@@ -70,7 +77,7 @@ def test_the_walkthrough_runs_as_printed(
     text = WALKTHROUGH.read_text()
     blocks = sh_blocks(text)
     assert len(blocks) >= 9
-    assert documented_variables(text) == set(DOCUMENTED)
+    assert documented_variables(text) == DOCUMENTED
 
     work = tmp_path / "operator"
     work.mkdir()
