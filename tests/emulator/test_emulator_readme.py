@@ -14,7 +14,7 @@ README = Path(emulator_package.__file__).resolve().parent / "README.md"
 
 
 def test_every_admin_route_is_documented_and_nothing_else() -> None:
-    served = set()
+    served: set[tuple[str, str]] = set()
     for route in create_app().routes:
         assert isinstance(route, Route)
         if route.path.startswith("/_emulator/"):
