@@ -686,10 +686,21 @@ async def test_a_file_name_as_credentials_json_gets_the_at_hint(
     )
 
 
-async def test_broken_json_text_gets_no_file_name_hint(client: PluginTestClient) -> None:
-    refused = await client.write("config", {"credentials_json": "clientID: abc, keyID: def"})
+@pytest.mark.parametrize(
+    "value",
+    [
+        "clientID: abc, keyID: def",
+        # A line of base64 key material has no dot: never taken for a file name, never echoed.
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC/KcwggSjAgEAAoIBAQC7",
+    ],
+)
+async def test_other_non_json_text_gets_no_file_name_hint(
+    client: PluginTestClient, value: str
+) -> None:
+    refused = await client.write("config", {"credentials_json": value})
     assert_names(refused, 400, "credentials_json")
     assert "file name" not in refused.errors[0]
+    assert value not in refused.errors[0]
 
 
 async def test_rejected_credentials_say_rejected_once(

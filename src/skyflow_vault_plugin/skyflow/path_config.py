@@ -187,8 +187,9 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
 
 def _looks_like_file_name(value: str) -> bool:
     """Whether a credentials_json value is a file name the caller meant as ``@file``: one
-    short word with a dot or a slash and nothing JSON-like (so no key text is ever echoed)."""
-    return bool(_FILE_NAME.fullmatch(value)) and ("." in value or "/" in value)
+    short word of path characters with a dot. A dot never occurs in base64, so a pasted
+    line of key material is never taken for a file name, and so never echoed."""
+    return bool(_FILE_NAME.fullmatch(value)) and "." in value
 
 
 def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:

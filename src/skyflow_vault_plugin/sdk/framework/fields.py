@@ -247,7 +247,7 @@ def parse_string_or_map(name: str, raw: object) -> str | dict[str, Any]:
                 f'shell as a whole: {name}=\'{{"key":"value"}}\' with the bao CLI, or '
                 f'{{"{name}": {{"key": "value"}}}} in a JSON request body',
             ) from None
-        if not isinstance(decoded, dict):
+        if not isinstance(decoded, dict):  # cannot happen for text starting with "{"
             raise FieldError(name, "starts with '{' but is not a JSON object")
         return decoded
     raise FieldError(name, f"expected a string or a JSON object, got {_json_type(raw)}")
