@@ -61,7 +61,7 @@ def documented_variables(text: str) -> set[str]:
 def world(tmp_path: Path) -> Iterator[tuple[OpenBaoServer, EmulatorProcess]]:
     assert shutil.which("jq"), "the walkthrough uses jq; install it"
     emulator = EmulatorProcess(accounts=2, state_dir=tmp_path / "emulator").start()
-    server = OpenBaoServer.raft(tmp_path / "bao", log_level="info")
+    server = OpenBaoServer.raft(tmp_path / "bao", log_level="info")  # the server's default
     try:
         server.start(ready="listening")
         yield server, emulator
@@ -137,6 +137,11 @@ def test_the_walkthrough_runs_as_printed(
     assert ran.stderr.count("permission denied") == 2
     assert re.search(r"^200$", ran.stdout, re.MULTILINE)
     assert re.search(r"^healthy\s+true$", ran.stdout, re.MULTILINE)
+    # The server ran at its default log level (info), and the plugin's INFO audit lines are
+    # in its log (docs/operations.md, Logs).
+    audit = [line for line in server.log_path.read_text().splitlines() if "token request" in line]
+    assert audit
+    assert all("[INFO]" in line for line in audit)
     # No Skyflow token reached the output.
     for token in tokens.values():
         assert token not in ran.stdout + ran.stderr
