@@ -50,9 +50,20 @@ def test_ready_line_and_files(emulator: EmulatorProcess) -> None:
         assert os.stat(path).st_mode & 0o077 == 0
         account = load_credentials_file(path)
         assert account.token_uri == f"{emulator.url}/v1/auth/sa/oauth/token"
-    # nothing but the CA, the account files and the log is left in the state dir
+    # the CA, the kept state, the account files and the log; private keys owner-only
     names = sorted(p.name for p in emulator.state_dir.iterdir())
-    assert names == ["account-1.json", "account-2.json", "ca.pem", "emulator.log"]
+    assert names == [
+        "account-1.json",
+        "account-2.json",
+        "ca-key.pem",
+        "ca.pem",
+        "emulator.log",
+        "signing-key.pem",
+        "state.json",
+    ]
+    for private in ("ca-key.pem", "signing-key.pem"):
+        assert os.stat(emulator.state_dir / private).st_mode & 0o077 == 0
+    assert "PRIVATE" not in (emulator.state_dir / "state.json").read_text()
 
 
 @pytest.mark.usefixtures("trust_emulator")
@@ -131,7 +142,7 @@ def test_cli_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     try:
         assert proc.stdout is not None
         ready = json.loads(proc.stdout.readline())
-        assert set(ready) == {"url", "ca_file", "accounts", "pid"}
+        assert set(ready) == {"url", "ca_file", "accounts", "pid", "restored"}
         assert ready["pid"] == proc.pid
         assert ready["accounts"] == []
         proc.send_signal(sig)

@@ -606,9 +606,9 @@ def test_creds_by_get_refuses_a_huge_query_ctx(engine: Engine) -> None:
     check_refusal(engine, outcome, "ctx", before, calls)
 
 
-def test_unknown_role_is_a_404_not_a_crash(engine: Engine) -> None:
+def test_unknown_role_is_a_400_not_a_crash(engine: Engine) -> None:
     outcome = engine.read("creds/does-not-exist")
-    assert outcome.status == 404
+    assert outcome.status == 400
     assert "does-not-exist" in " ".join(outcome.errors)
 
 

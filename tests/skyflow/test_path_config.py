@@ -660,3 +660,70 @@ async def test_help_describes_every_field(client: PluginTestClient) -> None:
         "validate_credentials",
     ):
         assert name in text
+
+
+# ---------------------------------------------------------------- error texts that name the fix
+
+
+async def test_unknown_field_suggests_the_closest_name(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    refused = await client.write("config", {"credential_json": json.dumps(creds)})
+    assert_names(refused, 400, "credential_json")
+    assert "did you mean 'credentials_json'?" in refused.errors[0]
+    assert leaks(outcome_text(refused), creds) == []
+
+
+@pytest.mark.parametrize("name", ["insurance-sa.json", "./creds/sa.json", "/tmp/sa.json"])
+async def test_a_file_name_as_credentials_json_gets_the_at_hint(
+    client: PluginTestClient, name: str
+) -> None:
+    refused = await client.write("config", {"credentials_json": name})
+    assert_names(refused, 400, "credentials_json")
+    assert (
+        f"looks like a file name: to send the file's contents write credentials_json=@{name}"
+        in (refused.errors[0])
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "clientID: abc, keyID: def",
+        # A line of base64 key material has no dot: never taken for a file name, never echoed.
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC/KcwggSjAgEAAoIBAQC7",
+    ],
+)
+async def test_other_non_json_text_gets_no_file_name_hint(
+    client: PluginTestClient, value: str
+) -> None:
+    refused = await client.write("config", {"credentials_json": value})
+    assert_names(refused, 400, "credentials_json")
+    assert "file name" not in refused.errors[0]
+    assert value not in refused.errors[0]
+
+
+async def test_rejected_credentials_say_rejected_once(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    emulator.state.set_faults(Faults(reject=True))
+    refused = await client.write("config", {"credentials_json": creds})
+    assert_names(refused, 400, "credentials_json")
+    assert refused.errors[0].count("rejected") == 1, refused.errors[0]
+    assert "Skyflow rejected the token request (HTTP 401" in refused.errors[0]
+    assert "nothing was saved" in refused.errors[0]
+
+
+async def test_switching_to_another_client_warns(
+    client: PluginTestClient, creds: dict[str, str], other_creds: dict[str, str]
+) -> None:
+    first = await client.write("config", {"credentials_json": creds})
+    assert first.warnings == []
+    again = await client.write("config", {"credentials_json": creds, "description": "same"})
+    assert again.warnings == []  # same clientID: nothing to say
+    switched = await client.write("config", {"credentials_json": other_creds})
+    assert switched.status == 200
+    assert len(switched.warnings) == 1
+    warning = switched.warnings[0]
+    assert f"client_id changed from {creds['clientID']} to {other_creds['clientID']}" in warning
+    assert "cached token was dropped" in warning

@@ -207,3 +207,63 @@ async def test_a_probe_token_answers_for_skyflow_only_for_a_minute(
     assert outcome.status == 503
     assert outcome.data["checks"]["skyflow"]["ok"] is False
     assert outcome.data["checks"]["skyflow"]["status"] == 503
+
+
+# -- for people (the CLI shows only "errors" on a 503) and for load balancers -------------------
+
+
+async def test_unhealthy_answer_carries_errors_naming_the_fix(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    unconfigured = await client.read("health")
+    assert unconfigured.status == 503
+    assert unconfigured.errors == ["config: not configured: write the service account to config"]
+
+    await client.write("config", {"credentials_json": creds, "validate_credentials": False})
+    emulator.state.set_faults(Faults(reject=True))
+    rejected = await client.read("health")
+    assert rejected.status == 503
+    assert len(rejected.errors) == 1
+    assert rejected.errors[0].startswith("skyflow: token exchange failed: Skyflow rejected")
+    assert (
+        "check in Skyflow that the service account's key (keyID) is active" in (rejected.errors[0])
+    )
+    assert rejected.data["healthy"] is False  # the data is still there for curl
+
+    emulator.state.set_faults(Faults(fail_status=503))
+    unavailable = await client.read("health")
+    assert "check this node's network path to the tokenURI host" in unavailable.errors[0]
+
+
+async def test_unhealthy_code_overrides_the_status(
+    client: PluginTestClient, emulator: InProcessEmulator
+) -> None:
+    as_200 = await client.read("health", {"unhealthy_code": "200"})
+    assert as_200.status == 200
+    assert as_200.data["healthy"] is False
+    assert as_200.errors == []
+    assert as_200.warnings == ["config: not configured: write the service account to config"]
+    as_429 = await client.read("health", {"unhealthy_code": "429"})
+    assert as_429.status == 429
+    assert as_429.errors == as_200.warnings
+
+
+@pytest.mark.parametrize("code", ["204", "100", "600", "soon"])
+async def test_unhealthy_code_must_be_a_status_with_a_body(
+    client: PluginTestClient, code: str
+) -> None:
+    refused = await client.read("health", {"unhealthy_code": code})
+    assert refused.status == 400
+    assert "'unhealthy_code'" in refused.errors[0]
+
+
+async def test_healthy_ignores_unhealthy_code_and_reports_the_probe_age(
+    client: PluginTestClient, creds: dict[str, str]
+) -> None:
+    await client.write("config", {"credentials_json": creds})  # validation leaves a probe token
+    healthy = await client.read("health", {"unhealthy_code": "200"})
+    assert healthy.status == 200
+    assert healthy.warnings == []
+    skyflow = healthy.data["checks"]["skyflow"]
+    assert skyflow["cached"] is True
+    assert 0 <= skyflow["age_seconds"] < 60

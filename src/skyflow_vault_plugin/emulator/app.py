@@ -5,6 +5,9 @@ Routes:
 * ``POST /v1/auth/sa/oauth/token`` -- the token endpoint (see :mod:`.verify`);
 * ``POST /_emulator/accounts`` -- create a service account, answers its credentials JSON
   (body optional: ``{"client_name": ...}``); ``GET`` lists accounts (no keys);
+* ``POST /_emulator/accounts/{client_id}/keys`` -- a new key for the account (same clientID,
+  new keyID), answers the new credentials JSON; the old key stays valid until
+  ``DELETE /_emulator/accounts/{client_id}/keys/{key_id}`` revokes it;
 * ``POST /_emulator/faults`` -- set the fault knobs (:class:`.state.Faults` fields, JSON);
   ``DELETE`` resets them;
 * ``GET /_emulator/stats`` -- counters and recorded requests; ``DELETE`` zeroes them;
@@ -37,7 +40,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .accounts import TOKEN_PATH, create_service_account
+from .accounts import TOKEN_PATH, create_service_account, rotate_key
 from .state import EmulatorState, Faults, RecordedRequest, Rejection
 from .verify import Rejected, VerifiedRequest, peek_client_id, verify_token_request
 
@@ -238,11 +241,38 @@ async def list_accounts(request: Request) -> Response:
             "clientID": a.client_id,
             "clientName": a.client_name,
             "keyID": a.key_id,
+            "keyIDs": a.key_ids,
             "tokenURI": a.token_uri,
         }
         for a in _state(request).accounts.values()
     ]
     return JSONResponse({"accounts": accounts})
+
+
+async def new_key(request: Request) -> Response:
+    """A new key for an account (rotation); answer the new credentials JSON."""
+    client_id = request.path_params["client_id"]
+    try:
+        creds = rotate_key(_state(request), client_id)
+    except KeyError:
+        raise HTTPException(404, f"No account with client ID {client_id!r}") from None
+    return JSONResponse(creds, status_code=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    """Revoke one key of an account: assertions signed with it are refused from now on."""
+    state = _state(request)
+    client_id, key_id = request.path_params["client_id"], request.path_params["key_id"]
+    account = state.accounts.get(client_id)
+    if account is None:
+        raise HTTPException(404, f"No account with client ID {client_id!r}")
+    try:
+        state.add_account(account.without_key(key_id))
+    except KeyError:
+        raise HTTPException(404, f"The account has no key {key_id!r}") from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse({"clientID": client_id, "keyIDs": state.accounts[client_id].key_ids})
 
 
 async def set_faults(request: Request) -> Response:
@@ -340,6 +370,8 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         Route(TOKEN_PATH, token, methods=["POST"]),
         Route("/_emulator/accounts", create_account, methods=["POST"]),
         Route("/_emulator/accounts", list_accounts, methods=["GET"]),
+        Route("/_emulator/accounts/{client_id}/keys", new_key, methods=["POST"]),
+        Route("/_emulator/accounts/{client_id}/keys/{key_id}", revoke_key, methods=["DELETE"]),
         Route("/_emulator/faults", set_faults, methods=["POST"]),
         Route("/_emulator/faults", reset_faults, methods=["DELETE"]),
         Route("/_emulator/stats", stats, methods=["GET"]),

@@ -6,6 +6,14 @@ When ready it prints one JSON line to stdout::
      "pid": 1234}
 
 ``--port 0`` (the default) picks a free port; the line reports the real one.
+
+With ``--state-dir`` the emulator keeps its CA, its token-signing key and its accounts
+there, and a restart with the same directory loads them again: the same ``ca.pem``, the same
+accounts (``account-<n>.json`` files are kept, not rewritten) and, with ``--port 0``, the
+port it served last when that port is free, so that the accounts' ``tokenURI`` still points
+at it. The ready line's ``"restored"`` says whether an earlier state was loaded. Without
+``--state-dir`` everything lives in a temporary directory removed at exit. See README.md
+next to this file.
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ import uvicorn
 
 from .accounts import create_service_account
 from .app import create_app
-from .state import DEFAULT_TOKEN_LIFETIME, EmulatorState
-from .tls import CertificateAuthority, server_ssl_files
+from .state import DEFAULT_TOKEN_LIFETIME, EmulatorState, load_state
+from .tls import CertificateAuthority, server_ssl_files, write_private
 
 __all__ = ["main", "parse_args"]
 
@@ -50,7 +58,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     parser.add_argument(
-        "--state-dir", type=Path, help="where ca.pem and account files go (default: a temp dir)"
+        "--state-dir",
+        type=Path,
+        help="where the CA, the accounts and account files are kept across restarts "
+        "(default: a temp dir removed at exit)",
     )
     parser.add_argument(
         "--accounts", type=int, default=0, help="service accounts to create at start"
@@ -91,9 +102,33 @@ def _url(host: str, port: int) -> str:
 
 def _write_private(path: Path, content: str) -> None:
     # account files hold a (test) private key: owner-only, like a real credentials file
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(content)
+    write_private(path, content.encode("utf-8"))
+
+
+def _listen(host: str, port: int, previous: int | None) -> socket.socket:
+    """A listening socket: on ``port``, or for port 0 the port served last when it is free
+    (the kept accounts' tokenURI names it), else any free port."""
+    if port == 0 and previous:
+        try:
+            return socket.create_server((host, previous))
+        except OSError:
+            sys.stderr.write(
+                f"skyflow-emulator: port {previous} (used last time) is taken; the kept "
+                "accounts' tokenURI points at it, so clients must be given new credentials\n"
+            )
+    return socket.create_server((host, port))
+
+
+def _kept_account_file(path: Path, state: EmulatorState) -> bool:
+    """Whether ``path`` holds credentials of an account (and key) the state still knows."""
+    try:
+        creds = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(creds, dict) or not isinstance(creds.get("clientID"), str):
+        return False
+    account = state.accounts.get(creds["clientID"])
+    return account is not None and account.public_key_for(creds.get("keyID")) is not None
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -108,22 +143,27 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
-    ca = CertificateAuthority.generate()
-    ca_file = ca.write_cert(state_dir / "ca.pem")
+    ca, kept_ca = CertificateAuthority.load_or_generate(state_dir)
+    ca_file = state_dir / "ca.pem"
     server_cert = ca.issue_server(["127.0.0.1", "localhost", args.host])
+    state = load_state(state_dir, token_lifetime=args.token_lifetime)
+    restored = kept_ca and bool(state.accounts)
 
-    sock = socket.create_server((args.host, args.port))
+    sock = _listen(args.host, args.port, state.port)
     # Accepted connections inherit this: without it, a response written as headers then
     # body waits for the client's delayed ACK (about 40 ms) before the body leaves.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     url = _url(args.host, sock.getsockname()[1])
 
-    state = EmulatorState(token_lifetime=args.token_lifetime)
+    state.port = sock.getsockname()[1]
+    state.save()
     account_files = []
     for index in range(1, args.accounts + 1):
-        creds = create_service_account(state, base_url=url, client_name=f"emulator-account-{index}")
         path = state_dir / f"account-{index}.json"
-        _write_private(path, json.dumps(creds, indent=2) + "\n")
+        if not _kept_account_file(path, state):
+            name = f"emulator-account-{index}"
+            creds = create_service_account(state, base_url=url, client_name=name)
+            _write_private(path, json.dumps(creds, indent=2) + "\n")
         account_files.append(str(path))
 
     with server_ssl_files(server_cert) as (cert_file, key_file):
@@ -150,7 +190,13 @@ async def _serve(args: argparse.Namespace, state_dir: Path) -> int:
             await task
             return 1
         await asyncio.sleep(0.02)
-    ready = {"url": url, "ca_file": str(ca_file), "accounts": account_files, "pid": os.getpid()}
+    ready = {
+        "url": url,
+        "ca_file": str(ca_file),
+        "accounts": account_files,
+        "pid": os.getpid(),
+        "restored": restored,
+    }
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     await task

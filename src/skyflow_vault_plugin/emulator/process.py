@@ -76,6 +76,22 @@ class EmulatorAdmin:
         result: dict[str, str] = self._call("POST", "accounts", body)
         return result
 
+    def accounts(self) -> list[dict[str, Any]]:
+        """The accounts: clientID, clientName, keyID (newest), keyIDs, tokenURI; no keys."""
+        result: list[dict[str, Any]] = self._call("GET", "accounts")["accounts"]
+        return result
+
+    def rotate_key(self, client_id: str) -> dict[str, str]:
+        """A new key for an account (same clientID, new keyID); its new credentials JSON.
+        The old key keeps working until :meth:`revoke_key`."""
+        result: dict[str, str] = self._call("POST", f"accounts/{client_id}/keys")
+        return result
+
+    def revoke_key(self, client_id: str, key_id: str) -> list[str]:
+        """Revoke one key of an account; the key IDs still active."""
+        result: list[str] = self._call("DELETE", f"accounts/{client_id}/keys/{key_id}")["keyIDs"]
+        return result
+
     def set_faults(
         self,
         *,
@@ -143,6 +159,8 @@ class EmulatorProcess:
         self.url = ""
         self.ca_file = ""
         self.account_files: list[str] = []
+        self.restored = False
+        """Whether the last start loaded an earlier state from ``state_dir``."""
         self.returncode: int | None = None
         """The subprocess's exit status once :meth:`stop` has run."""
 
@@ -198,6 +216,7 @@ class EmulatorProcess:
         self.url = str(ready["url"])
         self.ca_file = str(ready["ca_file"])
         self.account_files = [str(p) for p in ready.get("accounts", [])]
+        self.restored = bool(ready.get("restored", False))
         self._admin = EmulatorAdmin(self.url, self.ca_file)
         return self
 

@@ -2,18 +2,27 @@
 
 Everything runs on one event loop (uvicorn's, or the test's with ``httpx.ASGITransport``), so
 no locking is needed.
+
+With a state directory (``skyflow-emulator --state-dir``), the accounts (public halves only)
+and the token-signing key are kept in ``state.json`` and ``signing-key.pem`` and loaded again
+at the next start, so clients configured against the emulator keep working across restarts.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from .tls import write_private
 
 __all__ = [
     "DEFAULT_TOKEN_LIFETIME",
@@ -23,7 +32,12 @@ __all__ = [
     "Faults",
     "RecordedRequest",
     "Rejection",
+    "load_state",
 ]
+
+STATE_FILE = "state.json"
+SIGNING_KEY_FILE = "signing-key.pem"
+_STATE_VERSION = 1
 
 DEFAULT_TOKEN_LIFETIME = 3600
 _MAX_RECORDS = 1000  # keep memory bounded in long demo runs
@@ -31,13 +45,88 @@ _MAX_RECORDS = 1000  # keep memory bounded in long demo runs
 
 @dataclass(frozen=True)
 class Account:
-    """A service account the emulator knows: only its public half is kept."""
+    """A service account the emulator knows: only its public halves are kept.
+
+    ``key_id``/``public_key`` are its newest key; ``previous_keys`` are older keys that
+    still verify until revoked, as in Skyflow, where a service account may hold several
+    keys while one is rotated out.
+    """
 
     client_id: str
     key_id: str
     client_name: str
     token_uri: str
     public_key: RSAPublicKey = field(repr=False, compare=False)
+    previous_keys: tuple[tuple[str, RSAPublicKey], ...] = field(
+        default=(), repr=False, compare=False
+    )
+
+    def public_key_for(self, key_id: object) -> RSAPublicKey | None:
+        """The public key of an active key of this account, or None."""
+        if key_id == self.key_id:
+            return self.public_key
+        return next((key for kid, key in self.previous_keys if kid == key_id), None)
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Every active key ID, newest first."""
+        return [self.key_id, *(kid for kid, _ in self.previous_keys)]
+
+    def with_new_key(self, key_id: str, public_key: RSAPublicKey) -> Account:
+        """This account with a new newest key; the current one stays valid."""
+        older = ((self.key_id, self.public_key), *self.previous_keys)
+        return replace(self, key_id=key_id, public_key=public_key, previous_keys=older)
+
+    def without_key(self, key_id: str) -> Account:
+        """This account with ``key_id`` revoked (ValueError for its only or an unknown key)."""
+        if key_id not in self.key_ids:
+            raise KeyError(key_id)
+        if len(self.key_ids) == 1:
+            raise ValueError("cannot revoke the only key of an account")
+        keys = [(kid, key) for kid, key in self._all_keys() if kid != key_id]
+        (newest_id, newest), *rest = keys
+        return replace(self, key_id=newest_id, public_key=newest, previous_keys=tuple(rest))
+
+    def _all_keys(self) -> list[tuple[str, RSAPublicKey]]:
+        return [(self.key_id, self.public_key), *self.previous_keys]
+
+    def to_json(self) -> dict[str, Any]:
+        """The account as ``state.json`` keeps it (public keys only)."""
+        return {
+            "clientID": self.client_id,
+            "clientName": self.client_name,
+            "tokenURI": self.token_uri,
+            "keys": [
+                {"keyID": kid, "publicKey": _public_pem(key)} for kid, key in self._all_keys()
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Account:
+        """The inverse of :meth:`to_json`."""
+        keys = [(str(k["keyID"]), _load_public(str(k["publicKey"]))) for k in data["keys"]]
+        (key_id, public_key), *rest = keys
+        return cls(
+            client_id=str(data["clientID"]),
+            key_id=key_id,
+            client_name=str(data["clientName"]),
+            token_uri=str(data["tokenURI"]),
+            public_key=public_key,
+            previous_keys=tuple(rest),
+        )
+
+
+def _public_pem(key: RSAPublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
+def _load_public(pem: str) -> RSAPublicKey:
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("state.json holds a key that is not an RSA public key")
+    return key
 
 
 @dataclass
@@ -124,10 +213,39 @@ class EmulatorState:
     )
     signing_key_id: str = field(default_factory=lambda: f"emulator-{uuid.uuid4().hex[:12]}")
     started_at: float = field(default_factory=time.time)
+    state_dir: Path | None = None
+    """Where accounts and the signing key are kept across restarts (None: in memory only)."""
+    port: int | None = None
+    """The port last served on, kept so that a restart can serve the same tokenURIs."""
 
     def add_account(self, account: Account) -> None:
-        """Register a service account (by client ID)."""
+        """Register (or replace) a service account (by client ID)."""
         self.accounts[account.client_id] = account
+        self.save()
+
+    def save(self) -> None:
+        """Write accounts and the signing key to ``state_dir`` (when there is one)."""
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.state_dir / SIGNING_KEY_FILE
+        if not key_file.exists():
+            pem = self.signing_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            write_private(key_file, pem)
+        document = {
+            "version": _STATE_VERSION,
+            "port": self.port,
+            "signing_key_id": self.signing_key_id,
+            "accounts": [a.to_json() for a in self.accounts.values()],
+        }
+        target = self.state_dir / STATE_FILE
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(document, indent=2) + "\n")
+        os.replace(temporary, target)  # a crash mid-write leaves the previous file
 
     def public_key_pem(self) -> str:
         """The PEM public key that verifies the access tokens this emulator issues."""
@@ -202,3 +320,29 @@ class EmulatorState:
             "accounts": sorted(self.accounts),
             "token_lifetime": self.token_lifetime,
         }
+
+
+def load_state(state_dir: Path, *, token_lifetime: int = DEFAULT_TOKEN_LIFETIME) -> EmulatorState:
+    """The state kept in ``state_dir``, or a new one (saved there from now on)."""
+    state_file = state_dir / STATE_FILE
+    key_file = state_dir / SIGNING_KEY_FILE
+    if not state_file.exists() or not key_file.exists():
+        state = EmulatorState(token_lifetime=token_lifetime, state_dir=state_dir)
+        state.save()
+        return state
+    document = json.loads(state_file.read_text())
+    if document.get("version") != _STATE_VERSION:
+        raise ValueError(f"{state_file}: unknown state version {document.get('version')!r}")
+    signing_key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    if not isinstance(signing_key, RSAPrivateKey):
+        raise ValueError(f"{key_file}: not an RSA private key")
+    accounts = [Account.from_json(a) for a in document.get("accounts", [])]
+    port = document.get("port")
+    return EmulatorState(
+        token_lifetime=token_lifetime,
+        accounts={a.client_id: a for a in accounts},
+        signing_key=signing_key,
+        signing_key_id=str(document["signing_key_id"]),
+        state_dir=state_dir,
+        port=port if isinstance(port, int) else None,
+    )

@@ -1,9 +1,11 @@
-"""A throw-away certificate authority and server certificate for the emulator's HTTPS.
+"""A test certificate authority and server certificate for the emulator's HTTPS.
 
 The CA certificate is written to a file so that ``SSL_CERT_FILE=<file>`` makes OpenSSL-based
 clients (httpx, requests via ``REQUESTS_CA_BUNDLE``, Go via ``SSL_CERT_FILE``) trust the
-emulator. Private keys never touch disk except for the instant uvicorn loads them (see
-:func:`server_ssl_files`).
+emulator. With a state directory the CA's key is kept next to it (``ca-key.pem``, owner-only)
+so that a restart serves a certificate from the same CA and clients keep trusting it
+(:meth:`CertificateAuthority.load_or_generate`); the server's key never touches disk except
+for the instant uvicorn loads it (see :func:`server_ssl_files`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "ServerCertificate", "server_ssl_files"]
+__all__ = ["CertificateAuthority", "ServerCertificate", "server_ssl_files", "write_private"]
 
+CA_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+_CA_VALIDITY = datetime.timedelta(days=365)
+_CA_RENEW_BEFORE = datetime.timedelta(days=1)  # a kept CA this close to expiry is replaced
 _VALIDITY = datetime.timedelta(days=7)
 _BACKDATE = datetime.timedelta(minutes=5)  # tolerate small clock differences
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` readable by the owner only (replacing the file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -50,7 +63,7 @@ class CertificateAuthority:
 
     @classmethod
     def generate(cls, common_name: str = "Skyflow emulator test CA") -> CertificateAuthority:
-        """Create a new CA valid for a week."""
+        """Create a new CA valid for a year."""
         key = _new_key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = datetime.datetime.now(datetime.UTC)
@@ -61,7 +74,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + _CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -81,6 +94,29 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         return cls(cert=cert, key=key)
+
+    @classmethod
+    def load_or_generate(cls, state_dir: Path) -> tuple[CertificateAuthority, bool]:
+        """The CA kept in ``state_dir`` (``ca.pem``, ``ca-key.pem``), or a new one written
+        there; the flag says whether it was kept. A CA within a day of expiry is replaced."""
+        cert_file, key_file = state_dir / CA_FILE, state_dir / CA_KEY_FILE
+        if cert_file.exists() and key_file.exists():
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            fresh = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+            if isinstance(key, ec.EllipticCurvePrivateKey) and fresh > _CA_RENEW_BEFORE:
+                return cls(cert=cert, key=key), True
+        ca = cls.generate()
+        write_private(
+            key_file,
+            ca.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        ca.write_cert(cert_file)
+        return ca, False
 
     @property
     def cert_pem(self) -> bytes:

@@ -136,12 +136,13 @@ def _verified_claims(
 ) -> dict[str, Any]:
     cid = account.client_id
     # the key claim selects the verification key, so it is checked before the signature
-    if unverified.get("key") != account.key_id:
+    public_key = account.public_key_for(unverified.get("key"))
+    if public_key is None:
         raise Rejected(401, "Invalid credentials: key ID does not match the client", cid)
     try:
         claims: dict[str, Any] = jwt.decode(
             assertion,
-            account.public_key,
+            public_key,
             algorithms=["RS256"],
             options={"require": ["exp"], "verify_aud": False},
             leeway=CLOCK_SKEW,

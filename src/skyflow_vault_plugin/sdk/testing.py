@@ -133,7 +133,12 @@ def host_outcome(operation: str, reply: pb.HandleRequestReply) -> Outcome:
     data = json.loads(reply.response.data)
     if "http_status_code" in data:
         body = json.loads(data["http_raw_body"])
-        return Outcome(status=int(data["http_status_code"]), data=body.get("data") or {})
+        return Outcome(
+            status=int(data["http_status_code"]),
+            data=body.get("data") or {},
+            warnings=list(body.get("warnings") or []),
+            errors=list(body.get("errors") or []),
+        )
     if set(data) - {"data"} == {"error"}:
         return Outcome(status=400, errors=[data["error"]])
     if operation == "list" and not data.get("keys"):

@@ -104,7 +104,11 @@ async def resolve_ctx(policy: CtxPolicy, given: object, load_identity: IdentityL
     if policy.mode == "none" and given is not None:
         raise InvalidContext("this role does not accept a ctx (ctx_mode is 'none')")
     if isinstance(given, str) and (policy.mode == "restricted" or policy.template):
-        raise InvalidContext("this role accepts ctx only as a map of keys")
+        raise InvalidContext(
+            "this role accepts ctx only as a map of keys: send a JSON object, e.g. "
+            'bao write <mount>/creds/<role> ctx=\'{"user_id":"u1"}\', or with curl '
+            '-X POST -d \'{"ctx": {"user_id": "u1"}}\' $BAO_ADDR/v1/<mount>/creds/<role>'
+        )
     sent: dict[str, Any] = dict(given) if isinstance(given, Mapping) else {}
     if policy.mode == "restricted":
         for key in sorted(sent):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -36,6 +37,7 @@ from .storage import ConfigEntry, utc_now
 from .telemetry import CONFIG_DELETE, CONFIG_READ, CONFIG_WRITE
 
 MAX_DESCRIPTION = 1024
+_FILE_NAME = re.compile(r"[\w./~-]{1,255}")
 
 CONFIG_FIELDS = {
     "credentials_json": Field(
@@ -131,6 +133,13 @@ async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
             account = await b.account(current)
             updated = replace(current)
     except InvalidInput as exc:
+        if has_json and isinstance(json_value, str) and _looks_like_file_name(json_value):
+            raise FieldError(
+                exc.field,
+                f"{exc.message}; '{json_value}' looks like a file name: to send the file's "
+                f"contents write credentials_json=@{json_value} (with the @), or use "
+                "credentials_file_path with an absolute path the server can read",
+            ) from None
         raise to_logical(exc) from None
     if data.has("description"):
         updated.description = data.get("description")
@@ -154,7 +163,14 @@ async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
             probe = await b.mint(account, [], None)
         except SkyflowRejected as exc:
             # The previous config stays in place: nothing has been written yet.
-            raise FieldError(source, f"Skyflow rejected these credentials: {exc}") from None
+            # The error's own text already says "Skyflow rejected the token request (HTTP
+            # ..., request id ...): <Skyflow's message>"; add only what it cannot know.
+            raise FieldError(
+                source,
+                f"{exc}; nothing was saved and the previous config stays in place. Check "
+                "that this key (keyID) is active for the service account in Skyflow, and quote "
+                "the request id to Skyflow support",
+            ) from None
         except SkyflowUntrusted as exc:
             # Neither a retry nor skipping validation fixes trust: the text names the fix.
             raise CodedError(503, f"could not validate the credentials: {exc}") from None
@@ -168,12 +184,26 @@ async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
     b.set_config(updated, account)
     if probe is not None:
         b.cache.put(HEALTH_CACHE_KEY, probe, (b.generations.config, 0))
+    if current is not None and current.client_id and current.client_id != account.client_id:
+        warnings.append(
+            f"client_id changed from {current.client_id} to {account.client_id}: this mount "
+            "now mints tokens for a different service account (a key rotation keeps the "
+            "clientID and changes only the keyID). Every cached token was dropped; check "
+            "that the roles' role_ids are granted to the new service account"
+        )
     if updated.credentials_type == "file_path":
         warnings.append(
             "credentials_file_path: the key stays on disk, outside Vault's encrypted storage; "
             "every HA node needs the file at this path"
         )
     return Response(data=_public_view(updated), warnings=warnings)
+
+
+def _looks_like_file_name(value: str) -> bool:
+    """Whether a credentials_json value is a file name the caller meant as ``@file``: one
+    short word of path characters with a dot. A dot never occurs in base64, so a pasted
+    line of key material is never taken for a file name, and so never echoed."""
+    return bool(_FILE_NAME.fullmatch(value)) and "." in value
 
 
 def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:

@@ -1,8 +1,9 @@
 """``creds/<role>``: a Skyflow bearer token for a role, with its expiry.
 
-GET takes ``ctx`` from the query string (a string); POST/PUT take it from the body (a
-string or a map). Tokens are data, not leases: Skyflow tokens cannot be revoked, so the
-response says when the token expires (``expires_in``, ``expires_at``) and carries no lease.
+GET takes ``ctx`` from the query string, POST/PUT from the body: a string or a map, where
+the JSON text of an object (what ``bao write ... ctx='{"k":"v"}'`` sends) is that map.
+Tokens are data, not leases: Skyflow tokens cannot be revoked, so the response says when
+the token expires (``expires_in``, ``expires_at``) and carries no lease.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ CREDS_FIELDS = {
     "name": Field(FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH),
     "ctx": Field(
         FieldType.STRING_OR_MAP,
-        "Context for Skyflow's context-aware policies: a string, or (POST/PUT) a JSON object "
-        "whose keys match ^[a-zA-Z0-9_]+$ and become request.context.<key> in Skyflow. The "
-        "role's ctx_mode, allowed_ctx_keys, required_ctx_keys and ctx_template apply.",
+        "Context for Skyflow's context-aware policies: a string, or a JSON object whose keys "
+        "match ^[a-zA-Z0-9_]+$ and become request.context.<key> in Skyflow. From the CLI send "
+        'an object as JSON text: ctx=\'{"user_id":"u1"}\'. The role\'s ctx_mode, '
+        "allowed_ctx_keys, required_ctx_keys and ctx_template apply.",
     ),
 }
 

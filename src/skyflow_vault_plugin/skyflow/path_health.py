@@ -4,6 +4,12 @@ Checks storage (it answers), config (present and parses) and Skyflow (a token ca
 obtained). A token obtained in the last minute (by a probe or a config write) answers for
 Skyflow, so frequent probes cost at most one exchange per minute per mount. HTTP 200 when
 every check passes, 503 otherwise, with the details in the body.
+
+For people and for load balancers, as Vault's ``sys/health`` does it: an unhealthy answer
+carries ``errors`` (one line per failed check, naming the fix) next to ``data``, which the
+CLI prints (it shows only ``errors`` for a non-2xx answer), and the ``unhealthy_code`` query
+parameter changes its status (``unhealthy_code=200``: the CLI then shows the whole body, the
+reasons as warnings).
 """
 
 from __future__ import annotations
@@ -13,16 +19,53 @@ import time
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import FieldData, Operation, OperationHandler, Path, Request, Response
+from ..sdk.framework import (
+    Field,
+    FieldData,
+    FieldType,
+    Operation,
+    OperationHandler,
+    Path,
+    Request,
+    Response,
+)
 from .backend import HEALTH_CACHE_KEY, PLUGIN_VERSION, SkyflowBackend
 from .client import IssuedToken
-from .errors import SkyflowError
+from .errors import SkyflowError, SkyflowRejected
 from .telemetry import HEALTH_CHECK
 
 HEALTH_MIN_REMAINING = 60.0  # seconds a reused probe token must still be valid
 # A probe token obtained less than this long ago answers for Skyflow: at most one exchange
 # per mount per interval however often health is polled, and never a stale "healthy".
 HEALTH_PROBE_INTERVAL = 60.0
+UNHEALTHY_CODE = 503
+
+
+def _status_code(value: int) -> None:
+    if not 200 <= value <= 599 or value == 204:
+        raise ValueError("must be an HTTP status from 200 to 599 (not 204, which has no body)")
+
+
+HEALTH_FIELDS = {
+    "unhealthy_code": Field(
+        FieldType.INT,
+        "HTTP status answered when a check fails (as sys/health's sealedcode, standbycode...): "
+        "e.g. 200 to read the full body with the CLI, or 429 for a load balancer that treats "
+        "503 specially.",
+        default=UNHEALTHY_CODE,
+        validator=_status_code,
+    ),
+}
+
+_FIX_STORAGE = "the server's storage is failing: see the server log"
+_FIX_CONFIG = "write the mount's config again with working credentials"
+_FIX_REJECTED = (
+    "check in Skyflow that the service account's key (keyID) is active, then write the config again"
+)
+_FIX_UNAVAILABLE = (
+    "check this node's network path to the tokenURI host and Skyflow's status; see "
+    "docs/operations.md, Troubleshooting"
+)
 
 
 def _check(ok: bool, message: str, **details: Any) -> dict[str, Any]:
@@ -31,11 +74,14 @@ def _check(ok: bool, message: str, **details: Any) -> dict[str, Any]:
 
 async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     checks: dict[str, dict[str, Any]] = {}
+    # What an operator does about a failed check, when its message does not say it already.
+    fixes: dict[str, str] = {}
     try:
         await b.storage.list("roles/")
         checks["storage"] = _check(True, "storage answers")
     except Exception as exc:
         checks["storage"] = _check(False, f"storage failed: {type(exc).__name__}")
+        fixes["storage"] = _FIX_STORAGE
 
     config = None
     account = None
@@ -53,8 +99,10 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
             )
     except SkyflowError as exc:
         checks["config"] = _check(False, f"config unusable: {exc}")
+        fixes["config"] = _FIX_CONFIG
     except Exception as exc:
         checks["config"] = _check(False, f"config unreadable: {type(exc).__name__}")
+        fixes["config"] = _FIX_STORAGE
 
     if account is None:
         checks["skyflow"] = _check(False, "not checked: no usable config")
@@ -81,8 +129,16 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
             except SkyflowError as exc:
                 status = getattr(exc, "status", None)
                 checks["skyflow"] = _check(False, f"token exchange failed: {exc}", status=status)
+                rejected = isinstance(exc, SkyflowRejected)
+                fixes["skyflow"] = _FIX_REJECTED if rejected else _FIX_UNAVAILABLE
 
     healthy = all(check["ok"] for check in checks.values())
+    # "not checked" follows from an earlier failure, which is the one to fix.
+    reasons = [
+        f"{name}: {check['message']}" + (f"; {fixes[name]}" if name in fixes else "")
+        for name, check in checks.items()
+        if not check["ok"] and not check["message"].startswith("not checked")
+    ]
     body = {
         "healthy": healthy,
         "checks": checks,
@@ -90,7 +146,13 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
         "mount": req.mount_point,
         "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    return Response(data=body, status=200 if healthy else 503)
+    if healthy:
+        return Response(data=body, status=200)
+    code: int = data.get("unhealthy_code")
+    if code >= 400:
+        # The CLI (Vault's API client) shows only "errors" for a non-2xx answer.
+        return Response(data=body, status=code, errors=reasons)
+    return Response(data=body, status=code, warnings=reasons)
 
 
 def health_paths(b: SkyflowBackend) -> list[Path]:
@@ -98,6 +160,7 @@ def health_paths(b: SkyflowBackend) -> list[Path]:
     return [
         Path(
             pattern="health",
+            fields=HEALTH_FIELDS,
             operations={
                 Operation.READ: OperationHandler(
                     b.telemetry.instrument(HEALTH_CHECK, partial(_health, b)),
@@ -107,9 +170,11 @@ def health_paths(b: SkyflowBackend) -> list[Path]:
             help_synopsis="Whether this mount works, down to Skyflow.",
             help_description="""
             Answers 200 when storage, the config and a Skyflow token exchange all work, 503
-            otherwise; the body has "healthy", per-check results under "checks", the plugin
-            version and a timestamp. A token obtained within the last minute answers for
-            Skyflow, so frequent probes cost at most one exchange per minute.
+            (or unhealthy_code) otherwise; the body has "healthy", per-check results under
+            "checks", the plugin version and a timestamp, and when unhealthy "errors" with
+            one line per failed check. A token obtained within the last minute answers for
+            Skyflow (its age in "age_seconds"), so frequent probes cost at most one exchange
+            per minute.
             """,
         )
     ]

@@ -109,6 +109,22 @@ async def test_unknown_fields_warn_by_default_and_fail_when_strict() -> None:
     assert "'colour'" in response.data["error"]
 
 
+async def test_unknown_field_names_the_closest_known_field() -> None:
+    strict, _ = make_backend(strict=True)
+    known = sorted(f for f in strict.paths[0].fields if f not in strict.paths[0].regex.groupindex)
+    typo = known[0][:-1] + "x" + known[0][-1]  # one letter too many
+    response = await strict.handle_request(request("update", "items/w", {typo: "1"}))
+    assert response is not None
+    assert response.is_error
+    assert f"did you mean '{known[0]}'?" in response.data["error"]
+
+    response = await strict.handle_request(request("update", "items/w", {"zzzzzzzz": "1"}))
+    assert response is not None
+    assert response.is_error
+    assert "did you mean" not in response.data["error"]
+    assert f"it takes: {', '.join(known)}" in response.data["error"]
+
+
 async def test_unknown_path_and_operation() -> None:
     backend, _ = make_backend()
     with pytest.raises(UnsupportedPath):

@@ -118,3 +118,28 @@ def test_defaults_are_copied() -> None:
 def test_map_text_nested_beyond_the_parser_is_a_field_error() -> None:
     with pytest.raises(FieldError, match="expected a JSON object"):
         parse(FieldType.MAP, "[" * 100_000 + "]" * 100_000)
+
+
+def test_string_or_map_reads_json_object_text_as_the_object() -> None:
+    # What `bao write .../creds/r ctx='{"user_id":"u1"}'` sends: a string, meant as the map.
+    assert parse(FieldType.STRING_OR_MAP, '{"user_id":"u1"}') == {"user_id": "u1"}
+    assert parse(FieldType.STRING_OR_MAP, '  {"a": {"b": [1]}}') == {"a": {"b": [1]}}
+    # A literal newline inside a string value (a pasted PEM) is still that object.
+    assert parse(FieldType.STRING_OR_MAP, '{"k": "line1\nline2"}') == {"k": "line1\nline2"}
+    # Other strings stay strings, JSON-looking or not.
+    assert parse(FieldType.STRING_OR_MAP, "user-1") == "user-1"
+    assert parse(FieldType.STRING_OR_MAP, '["a"]') == '["a"]'
+    assert parse(FieldType.STRING_OR_MAP, "") == ""
+
+
+@pytest.mark.parametrize("text", ["{user_id:u1}", '{"user_id": "u1"', "{", '{"a": 1} x'])
+def test_string_or_map_refuses_broken_object_text_showing_the_quoting(text: str) -> None:
+    # `bao write ... ctx={"user_id":"u1"}` without single quotes: the shell eats the double
+    # quotes and the plugin receives {user_id:u1}.
+    with pytest.raises(FieldError) as caught:
+        parse(FieldType.STRING_OR_MAP, text)
+    message = str(caught.value)
+    assert "not a valid JSON object" in message
+    assert """f='{"key":"value"}'""" in message  # the CLI form, for the field's own name
+    assert '{"f": {"key": "value"}}' in message  # the JSON body form
+    assert "user_id" not in message  # the value itself is never echoed

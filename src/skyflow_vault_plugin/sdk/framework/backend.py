@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -130,7 +131,7 @@ class Backend:
             )
         data = FieldData(path.fields, request.data, groups)
         if data.unknown and path.reject_unknown_fields:
-            raise FieldError(data.unknown[0], "unknown field for this path")
+            raise FieldError(data.unknown[0], unknown_field_problem(data.unknown[0], path))
         response = await handler.callback(request, data)
         if data.unknown and response is not None and not response.is_error:
             response.add_warning(f"Endpoint ignored these unrecognized parameters: {data.unknown}")
@@ -183,6 +184,18 @@ class Backend:
         self._cleaned_up = True
         if self._cleanup is not None:
             await self._cleanup()
+
+
+def unknown_field_problem(name: str, path: Path) -> str:
+    """The 400 text for a field ``path`` does not declare, naming the closest field it does
+    (a typo such as ``role_id`` for ``role_ids``); fields taken from the URL are not offered."""
+    known = [f for f in path.fields if f not in path.regex.groupindex]
+    close = difflib.get_close_matches(name[:100], known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field for this path; did you mean '{close[0]}'?"
+    if known:
+        return f"unknown field for this path; it takes: {', '.join(sorted(known))}"
+    return "unknown field for this path; it takes no fields"
 
 
 def _as_operation(value: str) -> Operation | None:

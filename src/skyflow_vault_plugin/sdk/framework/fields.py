@@ -218,11 +218,38 @@ def parse_name(name: str, raw: object) -> str:
 
 
 def parse_string_or_map(name: str, raw: object) -> str | dict[str, Any]:
-    """Either a string or a JSON object (an object given directly, not as text)."""
+    """Either a string or a JSON object.
+
+    Command-line clients (``bao write path key=value``, query strings) can only send
+    strings, so a string whose first non-blank character is ``{`` is read as the JSON text
+    of an object, as Vault's framework reads map-like fields given as JSON text: it becomes
+    the object, or, when it is not a valid JSON object, a 400 that shows how to quote it.
+    It never silently stays a string. Any other string stays a string.
+    """
     if isinstance(raw, dict):
         return raw
     if isinstance(raw, str):
-        return raw
+        if not raw.lstrip().startswith("{"):
+            return raw
+        try:
+            # strict=False: a value pasted with literal newlines inside a string (a PEM key)
+            # is still the object that was meant.
+            decoded = json.loads(raw, strict=False)
+        except (ValueError, RecursionError) as exc:
+            # Only the decoder's position is quoted, never the value (it may be a secret).
+            where = ""
+            if isinstance(exc, json.JSONDecodeError):
+                where = f" ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            raise FieldError(
+                name,
+                f"starts with '{{' but is not a valid JSON object{where}; send the object "
+                f"as JSON text with double-quoted keys and string values, quoted for the "
+                f'shell as a whole: {name}=\'{{"key":"value"}}\' with the bao CLI, or '
+                f'{{"{name}": {{"key": "value"}}}} in a JSON request body',
+            ) from None
+        if not isinstance(decoded, dict):  # cannot happen for text starting with "{"
+            raise FieldError(name, "starts with '{' but is not a JSON object")
+        return decoded
     raise FieldError(name, f"expected a string or a JSON object, got {_json_type(raw)}")
 
 

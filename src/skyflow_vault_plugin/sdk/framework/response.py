@@ -15,11 +15,14 @@ class Response:
     delete handler for "no content" (HTTP 204). ``status`` set to anything but ``None``
     sends ``data`` as the raw JSON body with that HTTP status, which lets a handler answer
     e.g. 503 together with a structured body (Vault's ``RespondWithStatusCode``).
+    ``errors`` (only with ``status``) goes into that body next to ``data``: Vault's API
+    client, and so the CLI, shows nothing but a body's ``errors`` for a non-2xx status.
     """
 
     data: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     status: int | None = None
+    errors: list[str] = field(default_factory=list)
 
     @classmethod
     def error(cls, message: str, **data: Any) -> Response:
@@ -44,8 +47,11 @@ class Response:
         """The data as the host expects it, with a raw body for an explicit status."""
         if self.status is None:
             return self.data
+        body: dict[str, Any] = {"data": self.data, "warnings": self.warnings or None}
+        if self.errors:
+            body["errors"] = self.errors
         return {
             "http_status_code": self.status,
             "http_content_type": "application/json",
-            "http_raw_body": json.dumps({"data": self.data, "warnings": self.warnings or None}),
+            "http_raw_body": json.dumps(body),
         }
