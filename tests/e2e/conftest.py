@@ -31,6 +31,8 @@ class SkyflowStack:
 
     bao: OpenBaoServer
     emulator: EmulatorProcess
+    credentials_dir: Path
+    """The server's ``SKYFLOW_CREDENTIALS_DIR``: mount ``P`` reads files under ``<it>/P/``."""
 
     @property
     def admin(self) -> EmulatorAdmin:
@@ -82,9 +84,15 @@ def install_as_operator(bao: OpenBaoServer, name: str) -> PluginInfo:
 
 def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> SkyflowStack:
     """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
+    credentials = work_dir / "credentials"  # SKYFLOW_CREDENTIALS_DIR
+    credentials.mkdir(parents=True, exist_ok=True)
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
-        env = {"SSL_CERT_FILE": emulator.ca_file, **(server_env or {})}
+        env = {
+            **emulator.plugin_env(),
+            "SKYFLOW_CREDENTIALS_DIR": str(credentials),
+            **(server_env or {}),
+        }
         bao = OpenBaoServer.dev(work_dir / "bao", env=env)
         bao.start()
     except BaseException:
@@ -96,7 +104,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
         bao.close()
         emulator.stop()
         raise
-    return SkyflowStack(bao, emulator)
+    return SkyflowStack(bao, emulator, credentials)
 
 
 @pytest.fixture(scope="module")

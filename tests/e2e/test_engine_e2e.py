@@ -188,7 +188,9 @@ def units(stack: SkyflowStack, tmp_path: Path) -> dict[str, Unit]:
         credentials = stack.new_account()
         path = enable(stack, f"skyflow/{name}")
         if name == "lending":
-            creds_file = tmp_path / f"{name}-service-account.json"
+            # the plugin reads files only under SKYFLOW_CREDENTIALS_DIR/<mount path>/
+            creds_file = stack.credentials_dir / path / f"{name}-service-account.json"
+            creds_file.parent.mkdir(parents=True, exist_ok=True)
             creds_file.write_text(json.dumps(credentials, indent=2))
             creds_file.chmod(0o600)
             client.write(f"{path}/config", {"credentials_file_path": str(creds_file.resolve())})

@@ -299,9 +299,10 @@ def test_restart_on_raft_keeps_config_and_roles(raft_stack: Stack, tmp_path: Pat
             "tags": ["pii", "tier1"],
         },
     )
-    creds_file = tmp_path / "lending.json"
-    creds_file.write_text(json.dumps(stack.new_account()))
     by_file = stack.mount("skyflow/lending", roles={"consumer": ["c1"]})
+    creds_file = stack.credentials_dir / by_file / "lending.json"
+    creds_file.parent.mkdir(parents=True)
+    creds_file.write_text(json.dumps(stack.new_account()))
     root.write(f"{by_file}/config", {"credentials_file_path": str(creds_file)})
     mounts = [by_json, by_file]
     before = _state(stack, mounts)

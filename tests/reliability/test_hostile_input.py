@@ -39,8 +39,11 @@ from skyflow_vault_plugin.emulator import InProcessEmulator
 from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 
 from .conftest import Stack, error_text
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 T = TypeVar("T")
 
@@ -124,7 +127,9 @@ class Engine:
         self.client: PluginTestClient = self._run(self._open())
 
     async def _open(self) -> PluginTestClient:
-        settings_ = EngineSettings(transport=self.emulator.transport(), policy=POLICY)
+        settings_ = EngineSettings(
+            transport=self.emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
+        )
         driver = await self._stack.enter_async_context(open_driver("grpc", make_factory(settings_)))
         return PluginTestClient(driver, mount_point=MOUNT)
 

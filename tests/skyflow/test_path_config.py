@@ -22,6 +22,7 @@ from skyflow_vault_plugin.emulator.state import Faults
 from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
 
 POLICY = ExchangePolicy(
@@ -62,17 +63,38 @@ def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_client(kind: str, emulator: InProcessEmulator) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+async def open_client(
+    kind: str, emulator: InProcessEmulator, credentials_dir: Path | None = None
+) -> AsyncIterator[PluginTestClient]:
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=POLICY,
+        allowed_token_hosts=TokenHosts.parse("emulator.test"),
+        credentials_dir=str(credentials_dir) if credentials_dir else None,
+    )
     async with open_driver(kind, make_factory(settings)) as driver:
         yield PluginTestClient(driver, mount_point="skyflow/insurance/")
 
 
+@pytest.fixture
+def credentials_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SKYFLOW_CREDENTIALS_DIR; this mount (skyflow/insurance/) reads files under it."""
+    base = tmp_path_factory.mktemp("credentials")
+    (base / "skyflow" / "insurance").mkdir(parents=True)
+    return base
+
+
+@pytest.fixture
+def tmp_path(credentials_dir: Path) -> Path:
+    """Files of these tests go where the mount may read them."""
+    return credentials_dir / "skyflow" / "insurance"
+
+
 @pytest.fixture(params=["direct", "grpc"])
 async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
+    request: pytest.FixtureRequest, emulator: InProcessEmulator, credentials_dir: Path
 ) -> AsyncIterator[PluginTestClient]:
-    async with open_client(request.param, emulator) as test_client:
+    async with open_client(request.param, emulator, credentials_dir) as test_client:
         yield test_client
 
 
@@ -232,12 +254,47 @@ async def test_missing_file_is_refused(client: PluginTestClient, tmp_path: Path)
     assert_names(refused, 400, "credentials_file_path")
 
 
-async def test_bad_file_content_names_the_key(
-    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+async def test_bad_file_content_is_the_generic_error_and_logged(
+    client: PluginTestClient,
+    creds: dict[str, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = write_file(tmp_path, {**creds, "tokenURI": "http://emulator.test/x"})
     refused = await client.write("config", {"credentials_file_path": path})
-    assert_names(refused, 400, "credentials_file_path.tokenURI")
+    assert_names(refused, 400, "credentials_file_path")
+    assert "tokenURI" not in refused.errors[0]
+    assert "plugin's log" in refused.errors[0]
+    if isinstance(client.driver, GrpcDriver):
+        return  # the plugin logs in its own process
+    assert "credentials_file_path.tokenURI" in caplog.text
+
+
+async def test_file_mode_needs_the_operators_directory(
+    emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    async with open_client("direct", emulator, credentials_dir=None) as client:
+        refused = await client.write(
+            "config", {"credentials_file_path": write_file(tmp_path, creds)}
+        )
+    assert_names(refused, 400, "credentials_file_path")
+    assert "SKYFLOW_CREDENTIALS_DIR" in refused.errors[0]
+
+
+async def test_a_file_of_another_mount_is_refused(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    lending = tmp_path.parent / "lending"
+    lending.mkdir()
+    path = write_file(lending, creds)
+    for attempt in (path, f"{tmp_path}/../lending/creds.json"):
+        refused = await client.write("config", {"credentials_file_path": attempt})
+        assert_names(refused, 400, "credentials_file_path")
+    (tmp_path / "link.json").symlink_to(path)
+    refused = await client.write("config", {"credentials_file_path": str(tmp_path / "link.json")})
+    assert_names(refused, 400, "credentials_file_path")
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
 
 
 # -------------------------------------------------------------------------- exactly one rule

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -200,6 +201,14 @@ class EmulatorProcess:
         self.account_files = [str(p) for p in ready.get("accounts", [])]
         self._admin = EmulatorAdmin(self.url, self.ca_file)
         return self
+
+    def plugin_env(self) -> dict[str, str]:
+        """The environment a plugin needs to use this emulator: trust its CA
+        (``SSL_CERT_FILE``) and allow its ``127.0.0.1:<port>`` as a token host."""
+        return {
+            "SSL_CERT_FILE": self.ca_file,
+            "SKYFLOW_ALLOWED_TOKEN_HOSTS": urlsplit(self.url).netloc,
+        }
 
     def _read_ready_line(self) -> dict[str, Any]:
         assert self._proc is not None

@@ -28,7 +28,14 @@ from ..sdk.framework import (
 from . import storage as store
 from .cache import DEFAULT_MAX_ENTRIES, TokenCache
 from .client import ExchangePolicy, IssuedToken, TokenClient
-from .credentials import ServiceAccount, load_credentials_file, parse_credentials
+from .credentials import (
+    CREDENTIALS_DIR_ENV,
+    ServiceAccount,
+    TokenHosts,
+    credentials_dir_for,
+    load_credentials_file,
+    parse_credentials,
+)
 from .storage import ConfigEntry, RoleEntry
 from .telemetry import Telemetry, process_telemetry
 
@@ -55,21 +62,31 @@ class EngineSettings:
 
     ``SKYFLOW_TOKEN_CACHE_MAX_ENTRIES`` caps each mount's token cache (default 10000);
     ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries included (seconds,
-    default 30, below Vault's 90 s request limit). ``transport`` lets tests put Skyflow
-    in-process; ``telemetry`` replaces the process-wide telemetry (see telemetry/).
+    default 30, below Vault's 90 s request limit). ``SKYFLOW_ALLOWED_TOKEN_HOSTS`` lists the
+    hosts a ``tokenURI`` may name (default: Skyflow's); ``SKYFLOW_CREDENTIALS_DIR`` enables
+    ``credentials_file_path`` under ``<dir>/<mount path>/`` (unset: file mode is refused).
+    ``transport`` lets tests put Skyflow in-process; ``telemetry`` replaces the process-wide
+    telemetry (see telemetry/).
     """
 
     cache_max_entries: int = DEFAULT_MAX_ENTRIES
     policy: ExchangePolicy = field(default_factory=ExchangePolicy)
     transport: httpx.AsyncBaseTransport | None = None
     telemetry: Telemetry | None = None
+    allowed_token_hosts: TokenHosts = field(default_factory=TokenHosts.default)
+    credentials_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
         """Settings from environment variables, falling back to defaults."""
         entries = int(env.get("SKYFLOW_TOKEN_CACHE_MAX_ENTRIES", DEFAULT_MAX_ENTRIES))
         deadline = float(env.get("SKYFLOW_REQUEST_DEADLINE", ExchangePolicy.deadline))
-        return cls(cache_max_entries=entries, policy=ExchangePolicy(deadline=deadline))
+        return cls(
+            cache_max_entries=entries,
+            policy=ExchangePolicy(deadline=deadline),
+            allowed_token_hosts=TokenHosts.from_env(env),
+            credentials_dir=env.get(CREDENTIALS_DIR_ENV) or None,
+        )
 
 
 @dataclass
@@ -127,8 +144,10 @@ class SkyflowBackend:
         self.generations.config += 1
         self.cache.clear()
 
-    async def account(self, config: ConfigEntry) -> ServiceAccount:
-        """The parsed service account. A file is re-read when it changed on disk."""
+    async def account(self, config: ConfigEntry, mount_point: str) -> ServiceAccount:
+        """The parsed service account. A file is re-read when it changed on disk.
+
+        ``mount_point`` (the request's) selects the directory a file must lie in."""
         source = _account_source(config)
         if config.credentials_type == "file_path":
             path = config.credentials_file_path or ""
@@ -140,13 +159,28 @@ class SkyflowBackend:
         if self._account is not None and self._account_source == source:
             return self._account
         if config.credentials_type == "file_path":
-            account = await asyncio.to_thread(
-                load_credentials_file, config.credentials_file_path or ""
-            )
+            account = await self.load_file(config.credentials_file_path or "", mount_point)
         else:
-            account = parse_credentials(config.credentials_json or "")
+            account = self.parse_json(config.credentials_json or "")
         self._account, self._account_source = account, source
         return account
+
+    def parse_json(self, text: str) -> ServiceAccount:
+        """Parse credentials JSON under this process's token-host allow-list."""
+        return parse_credentials(text, allowed_hosts=self.settings.allowed_token_hosts)
+
+    async def load_file(self, path: str, mount_point: str) -> ServiceAccount:
+        """Read a credentials file confined to this mount's directory (see credentials.py)."""
+        field = "credentials_file_path"
+        root = credentials_dir_for(self.settings.credentials_dir, mount_point, field)
+        return await asyncio.to_thread(
+            functools.partial(
+                load_credentials_file,
+                path,
+                root=root,
+                allowed_hosts=self.settings.allowed_token_hosts,
+            )
+        )
 
     # -- roles -----------------------------------------------------------------------------
 

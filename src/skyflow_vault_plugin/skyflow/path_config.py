@@ -7,7 +7,6 @@ file, and the key is then not protected by Vault's seal). A read never returns t
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import replace
 from functools import partial
@@ -27,7 +26,6 @@ from ..sdk.framework import (
 )
 from . import storage as store
 from .backend import HEALTH_CACHE_KEY, SkyflowBackend
-from .credentials import load_credentials_file, parse_credentials
 from .errors import InvalidInput, SkyflowRejected, UpstreamError
 from .errors_http import to_logical
 from .path_roles import validate_tags
@@ -111,16 +109,16 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
     try:
         if has_json:
             text = json_value if isinstance(json_value, str) else json.dumps(json_value)
-            account = parse_credentials(text)
+            account = b.parse_json(text)
             updated = _base(current, credentials_type="json")
             updated = replace(updated, credentials_json=text, credentials_file_path=None)
         elif has_path:
-            account = await asyncio.to_thread(load_credentials_file, path_value)
+            account = await b.load_file(path_value, req.mount_point)
             updated = _base(current, credentials_type="file_path")
             updated = replace(updated, credentials_json=None, credentials_file_path=path_value)
         else:
             assert current is not None
-            account = await b.account(current)
+            account = await b.account(current, req.mount_point)
             updated = replace(current)
     except InvalidInput as exc:
         raise to_logical(exc) from None

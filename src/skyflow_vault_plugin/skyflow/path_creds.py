@@ -102,7 +102,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
             return Response(data=token_data(cached))
 
     async def mint() -> IssuedToken:
-        account = await b.account(config)
+        account = await b.account(config, req.mount_point)
         token = await b.mint(account, role.role_ids, ctx)
         # Keep it only if neither the config nor the role changed while we waited.
         current = (b.generations.config, b.generations.role(name))
