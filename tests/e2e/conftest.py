@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, PluginInfo, python_launcher
+from skyflow_vault_plugin.devtools.openbao import (
+    OpenBaoServer,
+    PluginInfo,
+    free_port,
+    python_launcher,
+)
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
 from skyflow_vault_plugin.install import install
 
@@ -33,6 +38,8 @@ class SkyflowStack:
     emulator: EmulatorProcess
     credentials_dir: Path
     """The server's ``SKYFLOW_CREDENTIALS_DIR``: mount ``P`` reads files under ``<it>/P/``."""
+    dead_host: str
+    """``127.0.0.1:<port>`` on the token-host allow-list where nothing listens."""
 
     @property
     def admin(self) -> EmulatorAdmin:
@@ -86,6 +93,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
     """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
     credentials = work_dir / "credentials"  # SKYFLOW_CREDENTIALS_DIR
     credentials.mkdir(parents=True, exist_ok=True)
+    dead_host = f"127.0.0.1:{free_port()}"
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
         env = {
@@ -93,6 +101,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
             "SKYFLOW_CREDENTIALS_DIR": str(credentials),
             **(server_env or {}),
         }
+        env["SKYFLOW_ALLOWED_TOKEN_HOSTS"] += f",{dead_host}"
         bao = OpenBaoServer.dev(work_dir / "bao", env=env)
         bao.start()
     except BaseException:
@@ -104,7 +113,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
         bao.close()
         emulator.stop()
         raise
-    return SkyflowStack(bao, emulator, credentials)
+    return SkyflowStack(bao, emulator, credentials, dead_host)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ about the file, insurance keeps no config, and Skyflow is never called with lend
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,3 +89,39 @@ def _generic(message: str) -> str:
     """The message with its log reference blanked out."""
     head, _, tail = message.partition("(reference ")
     return head + tail.partition(";")[2]
+
+
+def test_a_hostile_error_body_does_not_stall_the_other_mounts(stack: SkyflowStack) -> None:
+    """The token endpoint answers one mount's exchanges with a 180 KB error message built to
+    make redaction backtrack (it cost 13 s of event-loop CPU per message, freezing every mount
+    of the process). Another mount's cached reads keep their normal latency meanwhile."""
+    client = stack.client()
+    calm = stack.mount("skyflow/calm", roles={"r": ["calm"]})
+    hostile = stack.mount("skyflow/hostile", roles={"r": ["hostile"]})
+    assert client.request("GET", f"{calm}/creds/r").status_code == 200  # cached from now on
+
+    def cached_read() -> float:
+        started = time.monotonic()
+        assert client.request("GET", f"{calm}/creds/r").status_code == 200
+        return time.monotonic() - started
+
+    baseline = max(cached_read() for _ in range(5))
+    stack.admin.set_faults(fail_status=503, error_message="eyJ", error_repeat=60_000)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            attacks = [
+                pool.submit(
+                    stack.client().request, "GET", f"{hostile}/creds/r", params={"ctx": f"c{i}"}
+                )
+                for i in range(4)
+            ]
+            during = [cached_read() for _ in range(10)]
+            answers = [attack.result(timeout=60) for attack in attacks]
+    finally:
+        stack.admin.reset()
+    for answer in answers:
+        assert "Skyflow token request failed: failing" in error_text(answer, 503)
+        assert "eyJ" not in answer.text
+    worst = max(during)
+    print(f"\ncached read: {baseline * 1000:.1f} ms before, at most {worst * 1000:.1f} ms during")
+    assert max(during) < 10 * baseline + 0.5, (baseline, during)

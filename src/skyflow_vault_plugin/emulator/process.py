@@ -85,6 +85,8 @@ class EmulatorAdmin:
         fail_count: int | None = None,
         retry_after: float | None = None,
         reject: bool = False,
+        error_message: str | None = None,
+        error_repeat: int | None = None,
     ) -> dict[str, Any]:
         """Replace the fault knobs (see :class:`.state.Faults`)."""
         body = {
@@ -93,6 +95,8 @@ class EmulatorAdmin:
             "fail_count": fail_count,
             "retry_after": retry_after,
             "reject": reject,
+            "error_message": error_message,
+            "error_repeat": error_repeat,
         }
         result: dict[str, Any] = self._call("POST", "faults", body)
         return result
