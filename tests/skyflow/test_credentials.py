@@ -15,6 +15,7 @@ from skyflow_vault_plugin.skyflow.credentials import (
     MAX_CREDENTIALS_BYTES,
     CredentialsFileError,
     ServiceAccount,
+    TokenHosts,
     credentials_dir_for,
     load_credentials_file,
     parse_credentials,
@@ -433,3 +434,52 @@ def test_json_nested_beyond_the_parser_is_a_credentials_error() -> None:
     with pytest.raises(CredentialsError) as info:
         parse_credentials('{"a":' * 100_000 + "1" + "}" * 100_000)
     assert info.value.field == "credentials_json"
+
+
+# -- the token-host allow-list (SKYFLOW_ALLOWED_TOKEN_HOSTS) ------------------------------
+
+
+def test_token_hosts_default_to_skyflows_own() -> None:
+    hosts = TokenHosts.default()
+    assert hosts.allows("manage.skyflowapis.com", 443)
+    assert hosts.allows("MANAGE.skyflowapis.com", 443)
+    assert hosts.allows("manage.skyflowapis-preview.com", 443)
+    assert not hosts.allows("manage.skyflowapis.com", 8443)
+    assert not hosts.allows("evil.example", 443)
+    assert TokenHosts.from_env({}) == hosts
+    assert TokenHosts.from_env({"SKYFLOW_ALLOWED_TOKEN_HOSTS": " "}) == hosts
+
+
+def test_token_hosts_parse_ports_and_wildcards() -> None:
+    hosts = TokenHosts.parse(" 127.0.0.1:8443 , *.vault.example ,api.example:443")
+    assert hosts.allows("127.0.0.1", 8443)
+    assert not hosts.allows("127.0.0.1", 443)
+    assert hosts.allows("a.vault.example", 443)
+    assert hosts.allows("a.b.vault.example", 443)
+    assert not hosts.allows("vault.example", 443)  # the wildcard needs a subdomain
+    assert not hosts.allows("evilvault.example", 443)
+    assert not hosts.allows("a.vault.example.evil", 443)
+    assert hosts.allows("api.example", 443)
+
+
+@pytest.mark.parametrize(
+    "text", [",", "host:port", "host:0", "host:70000", "a b", "-x.example", "*.", "[::1]:443"]
+)
+def test_bad_token_hosts_are_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(ValueError, match="SKYFLOW_ALLOWED_TOKEN_HOSTS"):
+        TokenHosts.parse(text)
+
+
+def test_a_token_uri_off_the_list_is_refused_naming_it(creds: dict[str, Any]) -> None:
+    hosts = TokenHosts.parse("manage.skyflowapis.test")
+    assert parse_credentials(creds, allowed_hosts=hosts).token_uri == TOKEN_URI
+    for uri in (
+        "https://169.254.169.254/latest/meta-data",
+        "https://manage.skyflowapis.test:8443/v1/auth/sa/oauth/token",
+        "https://manage.skyflowapis.test.evil.example/v1/auth/sa/oauth/token",
+        "https://10.0.0.7:22/",
+    ):
+        with pytest.raises(CredentialsError) as info:
+            parse_credentials(dict(creds, tokenURI=uri), allowed_hosts=hosts)
+        assert info.value.field == "credentials_json.tokenURI"
+        assert "SKYFLOW_ALLOWED_TOKEN_HOSTS" in info.value.message

@@ -717,3 +717,44 @@ async def test_help_describes_every_field(client: PluginTestClient) -> None:
         "validate_credentials",
     ):
         assert name in text
+
+
+# ------------------------------------------------------------------ token-host allow-list
+
+
+async def test_a_token_uri_off_the_allow_list_is_refused(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    for uri in (
+        "https://169.254.169.254/v1/auth/sa/oauth/token",
+        "https://emulator.test:8443/v1/auth/sa/oauth/token",
+    ):
+        refused = await client.write("config", {"credentials_json": {**creds, "tokenURI": uri}})
+        assert_names(refused, 400, "credentials_json.tokenURI")
+        assert "SKYFLOW_ALLOWED_TOKEN_HOSTS" in refused.errors[0]
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
+
+
+async def test_a_stored_config_off_a_narrowed_allow_list_stops_minting(
+    emulator: InProcessEmulator, creds: dict[str, str], credentials_dir: Path
+) -> None:
+    """The list applies to every load, not only to writes: an operator who narrows it (or a
+    config written before it existed) cannot keep minting against the old host."""
+    async with open_client("direct", emulator, credentials_dir) as client:
+        await client.write("config", {"credentials_json": creds})
+        entry = await client.storage.get("config")
+    assert entry is not None
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=POLICY,
+        allowed_token_hosts=TokenHosts.parse("manage.skyflowapis.com"),
+    )
+    calls = emulator.state.token_calls
+    async with open_driver("direct", make_factory(settings)) as driver:
+        narrowed = PluginTestClient(driver, mount_point="skyflow/insurance/")
+        await narrowed.storage.put(entry)  # written before the list was narrowed
+        await narrowed.write("roles/producer", {"role_ids": "r1"})
+        refused = await narrowed.read("creds/producer")
+    assert_names(refused, 400, "credentials_json.tokenURI")
+    assert emulator.state.token_calls == calls
