@@ -194,8 +194,11 @@ def parse_credentials(
 
     client_id = _required_id(values, "clientID", name("clientID"))
     key_id = _required_id(values, "keyID", name("keyID"))
-    token_uri = _token_uri(values.get("tokenURI"), name("tokenURI"), allowed_hosts)
+    token_uri = _token_uri(values.get("tokenURI"), name("tokenURI"))
     private_key = _private_key(values.get("privateKey"), name("privateKey"))
+    if allowed_hosts is not None:
+        # policy after syntax: a malformed key is reported as such whatever its host
+        _check_host(token_uri, name("tokenURI"), allowed_hosts)
     client_name = _optional_text(values.get("clientName"), name("clientName"))
     return ServiceAccount(
         client_id=client_id,
@@ -422,7 +425,7 @@ def _optional_text(value: object, name: str) -> str | None:
     return value.strip() or None
 
 
-def _token_uri(value: object, name: str, allowed_hosts: TokenHosts | None) -> str:
+def _token_uri(value: object, name: str) -> str:
     if value is None:
         raise CredentialsError(name, "is required")
     if not isinstance(value, str):
@@ -445,14 +448,19 @@ def _token_uri(value: object, name: str, allowed_hosts: TokenHosts | None) -> st
         raise CredentialsError(name, "must not contain user information")
     if port == 0:
         raise CredentialsError(name, "has an invalid port")
-    if allowed_hosts is not None and not allowed_hosts.allows(parts.hostname, port or 443):
+    return value
+
+
+def _check_host(token_uri: str, name: str, allowed_hosts: TokenHosts) -> None:
+    parts = urlsplit(token_uri)
+    host, port = parts.hostname or "", parts.port or 443
+    if not allowed_hosts.allows(host, port):
         raise CredentialsError(
             name,
-            f"host {parts.hostname}:{port or 443} is not an allowed Skyflow token host "
-            f"({allowed_hosts}); an operator can allow it with {ALLOWED_TOKEN_HOSTS_ENV} "
-            "in the plugin's environment",
+            f"host {host}:{port} is not an allowed Skyflow token host ({allowed_hosts}); "
+            f"an operator can allow it with {ALLOWED_TOKEN_HOSTS_ENV} in the plugin's "
+            "environment",
         )
-    return value
 
 
 def _private_key(value: object, name: str) -> RSAPrivateKey:

@@ -155,10 +155,11 @@ def creds_paths(b: SkyflowBackend) -> list[Path]:
             min_remaining_ttl, so callers should refresh when expires_in runs low.
 
             Errors: 404 unknown role; 400 mount not configured or invalid ctx (the field is
-            named); 502 Skyflow rejected the service account (Skyflow's message and request
-            ID included); 503 Skyflow unreachable, timing out, failing or rate-limiting after
-            retries. While Skyflow is unavailable, a cached token that is still valid is
-            returned with a warning.
+            named); 502 Skyflow rejected the service account; 503 Skyflow unreachable, timing
+            out, failing, rate-limiting (the whole mount pauses after a 429) or answering
+            something unreadable. Both give the category, Skyflow's status and request ID;
+            Skyflow's own message is in the server log. While Skyflow is unavailable, a cached
+            token that is still valid is returned with a warning.
             """,
         )
     ]
