@@ -45,8 +45,9 @@ CONFIG_FIELDS = {
     "credentials_file_path": Field(
         FieldType.STRING,
         "Absolute path of a credentials JSON file readable by the server, read when used. "
-        "Every HA node needs the file, and the key is then not sealed by Vault. Exclusive "
-        "with credentials_json.",
+        "Only under <SKYFLOW_CREDENTIALS_DIR>/<mount path>/, and only when the operator set "
+        "that variable. Every HA node needs the file, and the key is then not sealed by "
+        "Vault. Exclusive with credentials_json.",
         max_length=4096,
     ),
     "description": Field(
