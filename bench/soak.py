@@ -441,9 +441,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def _servers(work_dir: Path, lifetime: int) -> Iterator[tuple[OpenBaoServer, EmulatorProcess]]:
     emulator = EmulatorProcess(state_dir=work_dir / "emulator", token_lifetime=lifetime).start()
     try:
-        bao = OpenBaoServer.dev(
-            work_dir / "bao", env={"SKYFLOW_CA_FILE": emulator.ca_file}, log_level="info"
-        )
+        bao = OpenBaoServer.dev(work_dir / "bao", env=emulator.plugin_env(), log_level="info")
         with bao:
             install_plugin(bao, name=PLUGIN, executable=python_launcher("skyflow_vault_plugin.cli"))
             yield bao, emulator

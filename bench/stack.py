@@ -68,7 +68,7 @@ def bench_stack(
         work = Path(scratch)
         emulator = EmulatorProcess(state_dir=work / "emulator").start()
         try:
-            env = {"SKYFLOW_CA_FILE": emulator.ca_file}
+            env = emulator.plugin_env()
             with OpenBaoServer.dev(work / "bao", env=env, log_level="warn") as bao:
                 for name, (launcher, plugin_env) in wanted.items():
                     install_plugin(bao, name=name, executable=launcher, env=dict(plugin_env))

@@ -31,6 +31,9 @@ from skyflow_vault_plugin.sdk.framework.help import display_pattern
 from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 REPO = Path(__file__).resolve().parents[2]
 API = REPO / "docs" / "api.md"
@@ -143,9 +146,16 @@ class Observed:
 
 
 @pytest.fixture
-async def plugin() -> AsyncIterator[tuple[PluginTestClient, InProcessEmulator]]:
+async def plugin(tmp_path: Path) -> AsyncIterator[tuple[PluginTestClient, InProcessEmulator]]:
     emulator = InProcessEmulator()
-    factory = make_factory(EngineSettings(policy=POLICY, transport=emulator.transport()))
+    factory = make_factory(
+        EngineSettings(
+            policy=POLICY,
+            transport=emulator.transport(),
+            allowed_token_hosts=EMULATOR_HOSTS,
+            credentials_dir=str(tmp_path),  # the mount reads <tmp_path>/skyflow/insurance/
+        )
+    )
     async with open_driver("grpc", factory) as driver:
         yield PluginTestClient(driver, mount_point="skyflow/insurance/"), emulator
 
@@ -190,6 +200,10 @@ async def _scenarios(
         "config", "write", "config", {"credentials_json": {**account, "tokenURI": "http://x"}}
     )
     await call("config", "write", "config", {"credentials_file_path": "relative.json"})
+    off_list = {**account, "tokenURI": "https://10.0.0.1:22/v1/auth/sa/oauth/token"}
+    await call("config", "write", "config", {"credentials_json": off_list})
+    own_dir = tmp_path / "skyflow" / "insurance"
+    await call("config", "write", "config", {"credentials_file_path": f"{own_dir}/none.json"})
     await call("config", "write", "config", {"credentials_json": creds, "description": "d" * 2000})
     await call("config", "write", "config", {"credentials_json": creds, "colour": "blue"})
     await call("config", "write", "config", {"credential_json": creds})
@@ -200,7 +214,8 @@ async def _scenarios(
     faults(fail_status=503)
     await call("config", "write", "config", {"credentials_json": creds})
     faults()
-    file = tmp_path / "account.json"
+    file = tmp_path / "skyflow" / "insurance" / "account.json"
+    file.parent.mkdir(parents=True)
     file.write_text(creds)
     assert (await call("config", "write", "config", {"credentials_file_path": str(file)})).warnings
     await call("config", "write", "config", {"credentials_json": creds, "tags": "unit=ins"})

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, PluginInfo, python_launcher
+from skyflow_vault_plugin.devtools.openbao import (
+    OpenBaoServer,
+    PluginInfo,
+    free_port,
+    python_launcher,
+)
 from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
 from skyflow_vault_plugin.install import install
 
@@ -31,6 +36,10 @@ class SkyflowStack:
 
     bao: OpenBaoServer
     emulator: EmulatorProcess
+    credentials_dir: Path
+    """The server's ``SKYFLOW_CREDENTIALS_DIR``: mount ``P`` reads files under ``<it>/P/``."""
+    dead_host: str
+    """``127.0.0.1:<port>`` on the token-host allow-list where nothing listens."""
 
     @property
     def admin(self) -> EmulatorAdmin:
@@ -82,9 +91,17 @@ def install_as_operator(bao: OpenBaoServer, name: str) -> PluginInfo:
 
 def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> SkyflowStack:
     """Start the emulator and an OpenBao dev server that trusts it, and install the plugin."""
+    credentials = work_dir / "credentials"  # SKYFLOW_CREDENTIALS_DIR
+    credentials.mkdir(parents=True, exist_ok=True)
+    dead_host = f"127.0.0.1:{free_port()}"
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
-        env = {"SKYFLOW_CA_FILE": emulator.ca_file, **(server_env or {})}
+        env = {
+            **emulator.plugin_env(),
+            "SKYFLOW_CREDENTIALS_DIR": str(credentials),
+            **(server_env or {}),
+        }
+        env["SKYFLOW_ALLOWED_TOKEN_HOSTS"] += f",{dead_host}"
         bao = OpenBaoServer.dev(work_dir / "bao", env=env)
         bao.start()
     except BaseException:
@@ -96,7 +113,7 @@ def start_stack(work_dir: Path, *, server_env: dict[str, str] | None = None) -> 
         bao.close()
         emulator.stop()
         raise
-    return SkyflowStack(bao, emulator)
+    return SkyflowStack(bao, emulator, credentials, dead_host)
 
 
 @pytest.fixture(scope="module")

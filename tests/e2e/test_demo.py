@@ -82,7 +82,8 @@ def test_demo_once_prints_a_token_per_unit_without_secrets(tmp_path: Path) -> No
     # Never a key, never a raw token.
     assert "PRIVATE KEY" not in out + done.stderr
     assert not JWT.search(out + done.stderr)
-    account = json.loads((work_dir / "lending-service-account.json").read_text())
+    lending_file = work_dir / "credentials" / "skyflow" / "lending" / "service-account.json"
+    account = json.loads(lending_file.read_text())
     key_lines = [line for line in account["privateKey"].splitlines() if "-----" not in line]
     assert key_lines
     assert not any(line in out for line in key_lines)

@@ -53,6 +53,8 @@ def test_install_then_the_printed_commands_serve_tokens(
             "--env",
             f"SKYFLOW_CA_FILE={emulator.ca_file}",
             "--env",
+            f"SKYFLOW_ALLOWED_TOKEN_HOSTS={emulator.plugin_env()['SKYFLOW_ALLOWED_TOKEN_HOSTS']}",
+            "--env",
             "ENV=dev",
         ],
         capture_output=True,
@@ -98,12 +100,8 @@ def test_openbao_cannot_start_a_tampered_install(
     bao, emulator = servers
     copy = tmp_path / "src" / "skyflow_vault_plugin"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    installed = install(
-        bao.plugin_dir,
-        "skyflow-copy",
-        package_dir=copy,
-        env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"],
-    )
+    plugin_env = [f"{key}={value}" for key, value in emulator.plugin_env().items()]
+    installed = install(bao.plugin_dir, "skyflow-copy", package_dir=copy, env=plugin_env)
     bao.cli(*installed.bao_register_argv()[1:], check=True)
     client = bao.client()
     client.enable_secrets("copy", "skyflow-copy")

@@ -16,7 +16,11 @@ import pytest
 
 from skyflow_vault_plugin.emulator import EmulatorError, EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
-from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
+from skyflow_vault_plugin.skyflow.credentials import (
+    ServiceAccount,
+    load_credentials_file,
+    parse_credentials,
+)
 from skyflow_vault_plugin.skyflow.errors import SkyflowUntrusted
 from skyflow_vault_plugin.skyflow.trust import TrustStore
 
@@ -48,7 +52,7 @@ def test_ready_line_and_files(emulator: EmulatorProcess) -> None:
     assert len(emulator.account_files) == 2
     for path in emulator.account_files:
         assert os.stat(path).st_mode & 0o077 == 0
-        account = load_credentials_file(path)
+        account = _load(path)
         assert account.token_uri == f"{emulator.url}/v1/auth/sa/oauth/token"
     # the CA, the kept state, the account files and the log; private keys owner-only
     names = sorted(p.name for p in emulator.state_dir.iterdir())
@@ -68,7 +72,9 @@ def test_ready_line_and_files(emulator: EmulatorProcess) -> None:
 
 @pytest.mark.usefixtures("trust_emulator")
 async def test_token_client_over_https(emulator: EmulatorProcess) -> None:
-    account = load_credentials_file(emulator.account_files[0])
+    account = load_credentials_file(
+        emulator.account_files[0], root=os.path.dirname(emulator.account_files[0])
+    )
     async with TokenClient(POLICY) as client:
         first = await client.exchange(account, ["r1"], {"user_id": "u7"})
         second = await client.exchange(account, ["r1"])
@@ -107,10 +113,13 @@ async def test_untrusted_ca_fails_without_retry(
 ) -> None:
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    account = load_credentials_file(emulator.account_files[1])
+    account = load_credentials_file(
+        emulator.account_files[1], root=os.path.dirname(emulator.account_files[1])
+    )
     async with TokenClient(POLICY) as client:
         with pytest.raises(SkyflowUntrusted, match="TLS certificate verification") as info:
             await client.exchange(account)
+    assert "CERTIFICATE_VERIFY_FAILED" in (info.value.detail or "")  # for the log
     assert info.value.attempts == 1
     assert "SKYFLOW_CA_FILE" in str(info.value)  # the fix, not "retry"
     assert emulator.admin.stats()["token_calls"] == 0
@@ -121,7 +130,7 @@ async def test_skyflow_ca_file_wins_over_a_global_ssl_cert_file(
 ) -> None:
     # A host that points SSL_CERT_FILE at the public bundle: the emulator is not in it.
     monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
-    account = load_credentials_file(emulator.account_files[1])
+    account = _load(emulator.account_files[1])
     trust = TrustStore({"SKYFLOW_CA_FILE": emulator.ca_file, "SSL_CERT_FILE": certifi.where()})
     async with TokenClient(POLICY, verify=trust.context()) as client:
         token = await client.exchange(account)
@@ -170,3 +179,8 @@ def test_process_lifecycle_and_startup_failure(tmp_path: Path) -> None:
         broken.start()
     assert time.monotonic() - started < 30
     assert (tmp_path / "emulator.log").read_text()
+
+
+def _load(path: str) -> ServiceAccount:
+    """A credentials file the emulator wrote, read with its own directory as the root."""
+    return load_credentials_file(path, root=os.path.dirname(path))

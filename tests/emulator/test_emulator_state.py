@@ -6,6 +6,7 @@ would run it (``skyflow-emulator --state-dir ...``).
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,9 @@ async def test_restart_keeps_ca_accounts_port_and_signing_key(emulator: Emulator
 
 
 async def test_rotate_a_key_then_revoke_the_old_one(emulator: EmulatorProcess) -> None:
-    old = load_credentials_file(emulator.account_files[0])
+    old = load_credentials_file(
+        emulator.account_files[0], root=os.path.dirname(emulator.account_files[0])
+    )
     rotated = emulator.admin.rotate_key(old.client_id)
     new = parse_credentials(rotated)
     assert new.client_id == old.client_id

@@ -49,6 +49,8 @@ class Stack:
     bao: OpenBaoServer
     emulator: EmulatorProcess
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    credentials_dir: Path = Path("/nonexistent")
+    """The server's ``SKYFLOW_CREDENTIALS_DIR``: mount ``P`` reads files under ``<it>/P/``."""
 
     @property
     def admin(self) -> EmulatorAdmin:
@@ -111,16 +113,22 @@ def start_stack(
 ) -> Stack:
     """Start the emulator and an OpenBao (dev, or single-node raft) that trusts it, then
     install the plugin; ``fast_plugin`` also registers :data:`FAST_PLUGIN`."""
+    credentials = work_dir / "credentials"  # SKYFLOW_CREDENTIALS_DIR
+    credentials.mkdir(parents=True, exist_ok=True)
     emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
     try:
-        env = {"SKYFLOW_CA_FILE": emulator.ca_file, **(server_env or {})}
+        env = {
+            **emulator.plugin_env(),
+            "SKYFLOW_CREDENTIALS_DIR": str(credentials),
+            **(server_env or {}),
+        }
         factory = OpenBaoServer.raft if raft else OpenBaoServer.dev
         bao = factory(work_dir / "bao", env=env, audit_log=audit_log)
         bao.start()
     except BaseException:
         emulator.stop()
         raise
-    stack = Stack(bao, emulator)
+    stack = Stack(bao, emulator, credentials_dir=credentials)
     try:
         stack.plugins[PLUGIN_NAME] = install_plugin(
             bao, name=PLUGIN_NAME, executable=PLUGIN_LAUNCHER

@@ -79,7 +79,7 @@ def test_skyflow_down(stack: Stack, healthy: Any, fast: str, default: str) -> No
         attempts = stack.admin.stats()["token_calls"] - calls
         report(f"down (503) on the {bound:g} s mount", elapsed, f"{attempts} attempts")
         assert response.status_code == 503, error_text(response)
-        assert "Skyflow is unavailable" in error_text(response)
+        assert "failing" in error_text(response)
         assert "HTTP 503" in error_text(response)
         assert elapsed < bound + SLACK
         assert 1 < attempts <= 4, "retries must be bounded (max_attempts)"
@@ -105,10 +105,12 @@ def test_rate_limited_then_served(stack: Stack, healthy: Any, fast: str) -> None
     assert stack.admin.stats()["token_calls"] == 3
 
 
-def test_rate_limited_past_the_deadline(stack: Stack, healthy: Any, fast: str) -> None:
+def test_rate_limited_past_the_deadline(stack: Stack, healthy: Any) -> None:
+    # its own mount: after the 429 the whole mount pauses for the Retry-After
+    paused = stack.mount("skyflow/paused", plugin=FAST_PLUGIN)
     healthy.set_faults(fail_status=429, retry_after=2)
-    role = new_role(stack, fast)
-    response, elapsed = timed_get(stack, f"{fast}/creds/{role}")
+    role = new_role(stack, paused)
+    response, elapsed = timed_get(stack, f"{paused}/creds/{role}")
     report("429 throughout, Retry-After 2 s, deadline 3 s", elapsed)
     assert response.status_code == 503, error_text(response)
     assert "HTTP 429" in error_text(response)
@@ -141,7 +143,7 @@ def test_account_rejected(stack: Stack, healthy: Any, fast: str) -> None:
     report("account rejected (401)", elapsed)
     assert response.status_code == 502, error_text(response)
     message = error_text(response)
-    assert "Skyflow rejected" in message
+    assert "rejected" in message
     assert "HTTP 401" in message
     assert "request id" in message
     assert stack.admin.stats()["token_calls"] == 1, "a refusal must not be retried"
@@ -299,9 +301,10 @@ def test_restart_on_raft_keeps_config_and_roles(raft_stack: Stack, tmp_path: Pat
             "tags": ["pii", "tier1"],
         },
     )
-    creds_file = tmp_path / "lending.json"
-    creds_file.write_text(json.dumps(stack.new_account()))
     by_file = stack.mount("skyflow/lending", roles={"consumer": ["c1"]})
+    creds_file = stack.credentials_dir / by_file / "lending.json"
+    creds_file.parent.mkdir(parents=True)
+    creds_file.write_text(json.dumps(stack.new_account()))
     root.write(f"{by_file}/config", {"credentials_file_path": str(creds_file)})
     mounts = [by_json, by_file]
     before = _state(stack, mounts)

@@ -61,7 +61,7 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HA]:
     emulator = EmulatorProcess(state_dir=work / "emulator").start()
     try:
         started = time.monotonic()
-        cluster = OpenBaoCluster(work / "cluster", env={"SKYFLOW_CA_FILE": emulator.ca_file})
+        cluster = OpenBaoCluster(work / "cluster", env=emulator.plugin_env())
         with cluster:
             report("three-node raft cluster up (all voters)", time.monotonic() - started)
             started = time.monotonic()

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -39,8 +41,11 @@ from skyflow_vault_plugin.emulator import InProcessEmulator
 from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 
 from .conftest import Stack, error_text
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 T = TypeVar("T")
 
@@ -117,6 +122,8 @@ class Engine:
     def __init__(self) -> None:
         self.emulator = InProcessEmulator()
         self.credentials = self.emulator.create_account("hostile-input")
+        self.credentials_dir = Path(tempfile.mkdtemp(prefix="hostile-credentials-"))
+        self.own_dir = plant_credentials_files(self.credentials_dir, self.credentials)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -124,7 +131,12 @@ class Engine:
         self.client: PluginTestClient = self._run(self._open())
 
     async def _open(self) -> PluginTestClient:
-        settings_ = EngineSettings(transport=self.emulator.transport(), policy=POLICY)
+        settings_ = EngineSettings(
+            transport=self.emulator.transport(),
+            policy=POLICY,
+            allowed_token_hosts=EMULATOR_HOSTS,
+            credentials_dir=str(self.credentials_dir),
+        )
         driver = await self._stack.enter_async_context(open_driver("grpc", make_factory(settings_)))
         return PluginTestClient(driver, mount_point=MOUNT)
 
@@ -167,6 +179,28 @@ class Engine:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
+            shutil.rmtree(self.credentials_dir, ignore_errors=True)
+
+
+def plant_credentials_files(credentials_dir: Path, credentials: dict[str, str]) -> Path:
+    """What a hostile mount admin finds or plants under ``SKYFLOW_CREDENTIALS_DIR``: another
+    unit's valid key file, and in its own directory a FIFO, a directory, an oversized file,
+    garbage, and symlinks to the other unit, to a device and out of the tree. Returns the
+    mount's own directory."""
+    own = credentials_dir / MOUNT
+    other = credentials_dir / "skyflow" / "other"
+    own.mkdir(parents=True)
+    other.mkdir(parents=True)
+    (other / "key.json").write_text(json.dumps(credentials))
+    os.mkfifo(own / "fifo.json")
+    (own / "dir.json").mkdir()
+    (own / "big.json").write_bytes(b" " * (256 * 1024 + 1))
+    (own / "garbled.json").write_text(json.dumps(credentials)[:-5])
+    (own / "nested.json").write_text(_deep(100_000))
+    (own / "other.json").symlink_to(other / "key.json")
+    (own / "zero.json").symlink_to("/dev/zero")
+    (own / "units").symlink_to(credentials_dir / "skyflow")
+    return own
 
 
 ROLES: dict[str, dict[str, Any]] = {
@@ -330,6 +364,35 @@ CONFIG_CASES += [
     ("file: not JSON", {"credentials_file_path": "/proc/self/status"}, "credentials_file_path"),
     ("file: NUL in path", {"credentials_file_path": "/tmp/a\x00b.json"}, "credentials_file_path"),
     ("file: 5000 chars", {"credentials_file_path": "/" + "a" * 5000}, "credentials_file_path"),
+    # confinement: SKYFLOW_CREDENTIALS_DIR/<mount path>/ only (issue 11, item 1)
+    ("file: another unit's key", "file:../other/key.json", "credentials_file_path"),
+    ("file: another unit's key by path", "outside:other/key.json", "credentials_file_path"),
+    ("file: dot segment", "file:./key.json", "credentials_file_path"),
+    ("file: symlink to another unit", "file:other.json", "credentials_file_path"),
+    ("file: symlinked directory", "file:units/other/key.json", "credentials_file_path"),
+    ("file: symlink to /dev/zero", "file:zero.json", "credentials_file_path"),
+    ("file: a FIFO in its own directory", "file:fifo.json", "credentials_file_path"),
+    ("file: a directory in its own directory", "file:dir.json", "credentials_file_path"),
+    ("file: over 256 KiB", "file:big.json", "credentials_file_path"),
+    ("file: garbled JSON", "file:garbled.json", "credentials_file_path"),
+    ("file: nested past the parser", "file:nested.json", "credentials_file_path"),
+    ("file: missing in its own directory", "file:none.json", "credentials_file_path"),
+    # the token endpoint is allow-listed: no blind SSRF or port scan (issue 11, item 2)
+    (
+        "json: tokenURI off the allow-list",
+        "set:tokenURI=" + json.dumps("https://169.254.169.254/v1/auth/sa/oauth/token"),
+        "credentials_json.tokenURI",
+    ),
+    (
+        "json: tokenURI allowed host, other port",
+        "set:tokenURI=" + json.dumps("https://emulator.test:22/v1/auth/sa/oauth/token"),
+        "credentials_json.tokenURI",
+    ),
+    (
+        "json: tokenURI allowed host as a suffix",
+        "set:tokenURI=" + json.dumps("https://emulator.test.evil.example/v1/auth/sa/oauth/token"),
+        "credentials_json.tokenURI",
+    ),
     ("both sources", "both", "credentials_json"),
     ("description: a list", {"description": ["a"]}, "description"),
     ("description: an object", {"description": {"a": 1}}, "description"),
@@ -370,6 +433,10 @@ def resolve_config_case(engine: Engine, data: dict[str, Any] | str) -> dict[str,
             "credentials_file_path": "/tmp/creds.json",
         }
     action, _, rest = data.partition(":")
+    if action == "file":
+        return {"credentials_file_path": f"{engine.own_dir}/{rest}"}
+    if action == "outside":
+        return {"credentials_file_path": str(engine.credentials_dir / "skyflow" / rest)}
     if action == "drop":
         return {"credentials_json": _creds_with(engine.credentials, **{rest: _DROP})}
     key, _, raw = rest.partition("=")
@@ -1122,7 +1189,9 @@ def test_server_refuses_a_fifo_as_credentials_file(
 ) -> None:
     """A credentials path that is not a regular file (a FIFO nobody writes to) must be refused
     at once, not block the request and a worker thread until the FIFO is written."""
-    fifo = tmp_path / "creds.fifo"
+    # in the mount's own directory, where file mode may read: the open itself is what is tested
+    fifo = stack.credentials_dir / target.mount / "creds.fifo"
+    fifo.parent.mkdir(parents=True, exist_ok=True)
     os.mkfifo(fifo)
     pid = stack.plugin_pid()
     before = target.state()

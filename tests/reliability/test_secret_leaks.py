@@ -142,10 +142,11 @@ def _full_run(stack: Stack, work: Path) -> Run:
         "config object",
         root.request("POST", f"{by_object}/config", json={"credentials_json": accounts["object"]}),
     )
-    creds_file = work / "file-account.json"
+    by_file = f"{by_text}-file"
+    creds_file = stack.credentials_dir / by_file / "file-account.json"  # the mount's own dir
+    creds_file.parent.mkdir(parents=True)
     creds_file.write_text(json.dumps(accounts["file"]))
     os.chmod(creds_file, 0o600)
-    by_file = f"{by_text}-file"
     root.enable_secrets(by_file, PLUGIN_NAME)
     note(
         "config file",

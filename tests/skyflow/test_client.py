@@ -16,6 +16,7 @@ import pytest
 from skyflow_vault_plugin.emulator import InProcessEmulator
 from skyflow_vault_plugin.emulator.state import Faults
 from skyflow_vault_plugin.skyflow.client import (
+    ASSERTION_LIFETIME,
     GRANT_TYPE,
     ExchangePolicy,
     IssuedToken,
@@ -91,8 +92,10 @@ def test_assertion_claims_and_header(account: ServiceAccount) -> None:
         "key": account.key_id,
         "aud": account.token_uri,
         "sub": account.client_id,
-        "exp": 1_700_000_000 + 3600,
+        "exp": 1_700_000_000 + ASSERTION_LIFETIME,
     }
+    # short-lived on purpose: the SDK signs 60 minutes, a leaked assertion would mint that long
+    assert ASSERTION_LIFETIME == 300
     # the SDK's claim order, so the signed bytes look alike
     payload = json.loads(jwt.utils.base64url_decode(assertion.split(".")[1]))
     assert list(payload) == ["iss", "key", "aud", "sub", "exp"]
@@ -328,10 +331,13 @@ async def test_no_retry_on_401(
     assert emulator.state.token_calls == 1
     assert error.request_id == emulator.state.rejections[-1].request_id
     assert error.skyflow_message == "Invalid credentials"
-    assert str(error) == (
-        f"Skyflow rejected the token request (HTTP 401, request id {error.request_id}): "
-        "Invalid credentials"
+    assert error.category == "rejected"
+    # the caller gets the category, status and request ID; Skyflow's text goes to the log
+    assert str(error).startswith(
+        f"Skyflow token request failed: rejected (HTTP 401, request id {error.request_id}): "
     )
+    assert "Invalid credentials" not in str(error)
+    assert error.log_fields()["skyflow_message"] == "Invalid credentials"
 
 
 async def test_unknown_account_rejected(client: TokenClient, account: ServiceAccount) -> None:
@@ -341,7 +347,7 @@ async def test_unknown_account_rejected(client: TokenClient, account: ServiceAcc
     with pytest.raises(SkyflowRejected) as info:
         await client.exchange(stranger)
     assert info.value.status == 401
-    assert "unknown client" in str(info.value)
+    assert "unknown client" in (info.value.skyflow_message or "")
 
 
 async def test_deadline_on_hanging_upstream(
@@ -517,7 +523,9 @@ async def test_connection_errors_retried(account: ServiceAccount) -> None:
     assert calls == FAST.max_attempts
     assert info.value.status is None
     assert isinstance(info.value.__cause__, httpx.ConnectError)
-    assert "ConnectError" in str(info.value)
+    assert info.value.category == "unreachable"
+    assert "connection refused" not in str(info.value)  # network detail: log only
+    assert "ConnectError: connection refused" in (info.value.detail or "")
 
 
 async def test_read_timeout_retried(account: ServiceAccount) -> None:

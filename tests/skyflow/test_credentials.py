@@ -12,7 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from skyflow_vault_plugin.skyflow.credentials import (
+    MAX_CREDENTIALS_BYTES,
+    CredentialsFileError,
     ServiceAccount,
+    TokenHosts,
+    credentials_dir_for,
     load_credentials_file,
     parse_credentials,
     token_endpoint,
@@ -285,45 +289,142 @@ def test_load_credentials_file(
 ) -> None:
     path = tmp_path / "creds.json"
     path.write_text(json.dumps(creds, indent=4))
-    _assert_account(load_credentials_file(path), rsa_key)
-    _assert_account(load_credentials_file(str(path)), rsa_key)
+    _assert_account(load_credentials_file(path, root=str(tmp_path)), rsa_key)
+    _assert_account(load_credentials_file(str(path), root=str(tmp_path)), rsa_key)
 
 
-def test_load_credentials_file_needs_absolute_path() -> None:
+def test_load_credentials_file_needs_absolute_path(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError) as info:
-        load_credentials_file("relative/creds.json")
+        load_credentials_file("relative/creds.json", root=str(tmp_path))
     assert info.value.field == "credentials_file_path"
 
 
-def test_load_credentials_file_errors(tmp_path: Path, creds: dict[str, Any], pkcs8: str) -> None:
-    with pytest.raises(CredentialsError, match="does not exist") as info:
-        load_credentials_file(tmp_path / "missing.json")
-    assert info.value.field == "credentials_file_path"
+@pytest.fixture
+def units(tmp_path: Path, creds: dict[str, Any]) -> tuple[Path, Path]:
+    """``<dir>/skyflow/insurance`` (empty) and ``<dir>/skyflow/lending`` (holding a key)."""
+    insurance = tmp_path / "skyflow" / "insurance"
+    lending = tmp_path / "skyflow" / "lending"
+    insurance.mkdir(parents=True)
+    lending.mkdir(parents=True)
+    (lending / "key.json").write_text(json.dumps(creds))
+    return insurance, lending
 
-    with pytest.raises(CredentialsError, match="directory") as info:
-        load_credentials_file(tmp_path)
-    assert info.value.field == "credentials_file_path"
 
+def test_credentials_dir_is_per_mount(tmp_path: Path) -> None:
+    field = "credentials_file_path"
+    assert credentials_dir_for(str(tmp_path), "skyflow/insurance/", field) == str(
+        tmp_path / "skyflow" / "insurance"
+    )
+    with pytest.raises(CredentialsError, match="SKYFLOW_CREDENTIALS_DIR") as info:
+        credentials_dir_for(None, "skyflow/insurance/", field)
+    assert info.value.field == field
+    for bad in ("", "/", "a/../b/", "./x/"):
+        with pytest.raises(CredentialsError):
+            credentials_dir_for(str(tmp_path), bad, field)
+
+
+def test_another_units_key_file_is_refused(units: tuple[Path, Path]) -> None:
+    insurance, lending = units
+    for path in (
+        lending / "key.json",  # straight
+        f"{insurance}/../lending/key.json",  # dot-dot
+        f"{insurance}/./../lending/key.json",
+    ):
+        with pytest.raises(CredentialsError) as info:
+            load_credentials_file(path, root=str(insurance))
+        assert info.value.field == "credentials_file_path"
+        assert not isinstance(info.value, CredentialsFileError)  # refused before any I/O
+
+
+def test_a_symlink_out_of_the_mounts_directory_is_refused(
+    units: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    insurance, lending = units
+    (insurance / "key.json").symlink_to(lending / "key.json")
+    (insurance / "dir").symlink_to(lending)
+    for path in (insurance / "key.json", insurance / "dir" / "key.json"):
+        with pytest.raises(CredentialsFileError):
+            load_credentials_file(path, root=str(insurance))
+    assert "outside" in caplog.text
+
+
+def test_a_symlink_inside_the_mounts_directory_is_followed(
+    units: tuple[Path, Path], creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # the layout of a Kubernetes secret volume: key.json -> ..data/key.json
+    insurance, _ = units
+    data = insurance / "..2026_12_02"
+    data.mkdir()
+    (data / "key.json").write_text(json.dumps(creds))
+    (insurance / "..data").symlink_to(data.name)
+    (insurance / "key.json").symlink_to("..data/key.json")
+    _assert_account(load_credentials_file(insurance / "key.json", root=str(insurance)), rsa_key)
+
+
+def test_every_read_failure_is_one_generic_error(
+    tmp_path: Path, creds: dict[str, Any], pkcs8: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No oracle: missing, unreadable, directory, FIFO, too large, bad JSON, bad key all
+    read the same to the caller; the log says which, and never quotes the file."""
+    root = tmp_path
+    cases: dict[str, Path] = {"missing": root / "missing.json", "directory": root / "sub"}
+    (root / "sub").mkdir()
+    fifo = root / "fifo.json"
+    os.mkfifo(fifo)  # opening it for reading must not block
+    cases["fifo"] = fifo
+    big = root / "big.json"
+    big.write_bytes(b" " * (MAX_CREDENTIALS_BYTES + 1))
+    cases["too large"] = big
+    garbled = root / "garbled.json"
+    garbled.write_text(json.dumps(creds)[:-3])
+    cases["bad json"] = garbled
+    wrong_type = root / "wrong.json"
+    wrong_type.write_text(json.dumps(dict(creds, privateKey=42)))
+    cases["key type"] = wrong_type
+    bad_uri = root / "bad_uri.json"
+    bad_uri.write_text(json.dumps(dict(creds, tokenURI="http://x")))
+    cases["token uri"] = bad_uri
     if os.geteuid() != 0:  # root reads anything
-        locked = tmp_path / "locked.json"
+        locked = root / "locked.json"
         locked.write_text("{}")
         locked.chmod(0)
-        with pytest.raises(CredentialsError, match="not readable"):
-            load_credentials_file(locked)
+        cases["unreadable"] = locked
 
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(dict(creds, tokenURI="http://x")))
-    with pytest.raises(CredentialsError) as info:
-        load_credentials_file(bad)
-    assert info.value.field == "credentials_file_path.tokenURI"
-    assert pkcs8.splitlines()[1] not in str(info.value)
+    messages = set()
+    for name, path in cases.items():
+        with pytest.raises(CredentialsFileError) as info:
+            load_credentials_file(path, root=str(root))
+        assert info.value.field == "credentials_file_path", name
+        messages.add(info.value.message.replace(info.value.reference, "REF"))
+    assert len(messages) == 1, messages
+    assert "plugin's log" in messages.pop()
+    assert pkcs8.splitlines()[1] not in caplog.text
+    assert creds["clientID"] not in caplog.text
+    reasons = [getattr(record, "reason", "") for record in caplog.records]
+    assert any("regular file" in reason for reason in reasons)
+    assert any("larger than" in reason for reason in reasons)
 
-    garbled = tmp_path / "garbled.json"
-    garbled.write_text(json.dumps(creds)[:-3])
-    with pytest.raises(CredentialsError) as info:
-        load_credentials_file(garbled)
-    assert info.value.field == "credentials_file_path"
-    assert "PRIVATE" not in str(info.value)
+
+def test_a_file_swapped_after_the_check_is_caught_on_the_descriptor(
+    units: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """realpath saw a file inside the directory, then a symlink to another unit's key took
+    its place: O_NOFOLLOW refuses to open it."""
+    insurance, lending = units
+    target = insurance / "key.json"
+    target.write_text("{}")
+    real_realpath = os.path.realpath
+
+    def racing_realpath(path: str) -> str:
+        resolved = real_realpath(path)
+        if resolved == str(target):
+            target.unlink()
+            target.symlink_to(lending / "key.json")
+        return resolved
+
+    monkeypatch.setattr(os.path, "realpath", racing_realpath)
+    with pytest.raises(CredentialsFileError):
+        load_credentials_file(target, root=str(insurance))
 
 
 def test_json_nested_beyond_the_parser_is_a_credentials_error() -> None:
@@ -333,3 +434,52 @@ def test_json_nested_beyond_the_parser_is_a_credentials_error() -> None:
     with pytest.raises(CredentialsError) as info:
         parse_credentials('{"a":' * 100_000 + "1" + "}" * 100_000)
     assert info.value.field == "credentials_json"
+
+
+# -- the token-host allow-list (SKYFLOW_ALLOWED_TOKEN_HOSTS) ------------------------------
+
+
+def test_token_hosts_default_to_skyflows_own() -> None:
+    hosts = TokenHosts.default()
+    assert hosts.allows("manage.skyflowapis.com", 443)
+    assert hosts.allows("MANAGE.skyflowapis.com", 443)
+    assert hosts.allows("manage.skyflowapis-preview.com", 443)
+    assert not hosts.allows("manage.skyflowapis.com", 8443)
+    assert not hosts.allows("evil.example", 443)
+    assert TokenHosts.from_env({}) == hosts
+    assert TokenHosts.from_env({"SKYFLOW_ALLOWED_TOKEN_HOSTS": " "}) == hosts
+
+
+def test_token_hosts_parse_ports_and_wildcards() -> None:
+    hosts = TokenHosts.parse(" 127.0.0.1:8443 , *.vault.example ,api.example:443")
+    assert hosts.allows("127.0.0.1", 8443)
+    assert not hosts.allows("127.0.0.1", 443)
+    assert hosts.allows("a.vault.example", 443)
+    assert hosts.allows("a.b.vault.example", 443)
+    assert not hosts.allows("vault.example", 443)  # the wildcard needs a subdomain
+    assert not hosts.allows("evilvault.example", 443)
+    assert not hosts.allows("a.vault.example.evil", 443)
+    assert hosts.allows("api.example", 443)
+
+
+@pytest.mark.parametrize(
+    "text", [",", "host:port", "host:0", "host:70000", "a b", "-x.example", "*.", "[::1]:443"]
+)
+def test_bad_token_hosts_are_refused_naming_the_variable(text: str) -> None:
+    with pytest.raises(ValueError, match="SKYFLOW_ALLOWED_TOKEN_HOSTS"):
+        TokenHosts.parse(text)
+
+
+def test_a_token_uri_off_the_list_is_refused_naming_it(creds: dict[str, Any]) -> None:
+    hosts = TokenHosts.parse("manage.skyflowapis.test")
+    assert parse_credentials(creds, allowed_hosts=hosts).token_uri == TOKEN_URI
+    for uri in (
+        "https://169.254.169.254/latest/meta-data",
+        "https://manage.skyflowapis.test:8443/v1/auth/sa/oauth/token",
+        "https://manage.skyflowapis.test.evil.example/v1/auth/sa/oauth/token",
+        "https://10.0.0.7:22/",
+    ):
+        with pytest.raises(CredentialsError) as info:
+            parse_credentials(dict(creds, tokenURI=uri), allowed_hosts=hosts)
+        assert info.value.field == "credentials_json.tokenURI"
+        assert "SKYFLOW_ALLOWED_TOKEN_HOSTS" in info.value.message

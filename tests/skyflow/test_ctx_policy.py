@@ -17,8 +17,11 @@ from skyflow_vault_plugin.sdk.framework import Alias, Entity, Group, StaticSyste
 from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.ctx_policy import CtxPolicy, Identity, check_template, resolve_ctx
 from skyflow_vault_plugin.skyflow.errors import InvalidContext
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 USERPASS = "auth_userpass_1a2b3c"
 OIDC = "auth_oidc_9f8e7d"
@@ -311,7 +314,9 @@ async def client(
         entities={ALICE.id: ALICE, BOB.id: BOB},
         groups={ALICE.id: [Group("g1", "analysts")], BOB.id: [Group("g3", "auditors")]},
     )
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+    settings = EngineSettings(
+        transport=emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
+    )
     async with open_driver(request.param, make_factory(settings), system_view=view) as driver:
         test_client = PluginTestClient(driver, mount_point="skyflow/insurance/")
         written = await test_client.write(

@@ -22,6 +22,7 @@ from skyflow_vault_plugin.emulator.state import Faults
 from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
 
 POLICY = ExchangePolicy(
@@ -62,17 +63,38 @@ def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_client(kind: str, emulator: InProcessEmulator) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+async def open_client(
+    kind: str, emulator: InProcessEmulator, credentials_dir: Path | None = None
+) -> AsyncIterator[PluginTestClient]:
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=POLICY,
+        allowed_token_hosts=TokenHosts.parse("emulator.test"),
+        credentials_dir=str(credentials_dir) if credentials_dir else None,
+    )
     async with open_driver(kind, make_factory(settings)) as driver:
         yield PluginTestClient(driver, mount_point="skyflow/insurance/")
 
 
+@pytest.fixture
+def credentials_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SKYFLOW_CREDENTIALS_DIR; this mount (skyflow/insurance/) reads files under it."""
+    base = tmp_path_factory.mktemp("credentials")
+    (base / "skyflow" / "insurance").mkdir(parents=True)
+    return base
+
+
+@pytest.fixture
+def tmp_path(credentials_dir: Path) -> Path:
+    """Files of these tests go where the mount may read them."""
+    return credentials_dir / "skyflow" / "insurance"
+
+
 @pytest.fixture(params=["direct", "grpc"])
 async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
+    request: pytest.FixtureRequest, emulator: InProcessEmulator, credentials_dir: Path
 ) -> AsyncIterator[PluginTestClient]:
-    async with open_client(request.param, emulator) as test_client:
+    async with open_client(request.param, emulator, credentials_dir) as test_client:
         yield test_client
 
 
@@ -232,12 +254,47 @@ async def test_missing_file_is_refused(client: PluginTestClient, tmp_path: Path)
     assert_names(refused, 400, "credentials_file_path")
 
 
-async def test_bad_file_content_names_the_key(
-    client: PluginTestClient, creds: dict[str, str], tmp_path: Path
+async def test_bad_file_content_is_the_generic_error_and_logged(
+    client: PluginTestClient,
+    creds: dict[str, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = write_file(tmp_path, {**creds, "tokenURI": "http://emulator.test/x"})
     refused = await client.write("config", {"credentials_file_path": path})
-    assert_names(refused, 400, "credentials_file_path.tokenURI")
+    assert_names(refused, 400, "credentials_file_path")
+    assert "tokenURI" not in refused.errors[0]
+    assert "plugin's log" in refused.errors[0]
+    if isinstance(client.driver, GrpcDriver):
+        return  # the plugin logs in its own process
+    assert "credentials_file_path.tokenURI" in caplog.text
+
+
+async def test_file_mode_needs_the_operators_directory(
+    emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    async with open_client("direct", emulator, credentials_dir=None) as client:
+        refused = await client.write(
+            "config", {"credentials_file_path": write_file(tmp_path, creds)}
+        )
+    assert_names(refused, 400, "credentials_file_path")
+    assert "SKYFLOW_CREDENTIALS_DIR" in refused.errors[0]
+
+
+async def test_a_file_of_another_mount_is_refused(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str], tmp_path: Path
+) -> None:
+    lending = tmp_path.parent / "lending"
+    lending.mkdir()
+    path = write_file(lending, creds)
+    for attempt in (path, f"{tmp_path}/../lending/creds.json"):
+        refused = await client.write("config", {"credentials_file_path": attempt})
+        assert_names(refused, 400, "credentials_file_path")
+    (tmp_path / "link.json").symlink_to(path)
+    refused = await client.write("config", {"credentials_file_path": str(tmp_path / "link.json")})
+    assert_names(refused, 400, "credentials_file_path")
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
 
 
 # -------------------------------------------------------------------------- exactly one rule
@@ -710,7 +767,7 @@ async def test_rejected_credentials_say_rejected_once(
     refused = await client.write("config", {"credentials_json": creds})
     assert_names(refused, 400, "credentials_json")
     assert refused.errors[0].count("rejected") == 1, refused.errors[0]
-    assert "Skyflow rejected the token request (HTTP 401" in refused.errors[0]
+    assert "Skyflow token request failed: rejected (HTTP 401" in refused.errors[0]
     assert "nothing was saved" in refused.errors[0]
 
 
@@ -727,3 +784,44 @@ async def test_switching_to_another_client_warns(
     warning = switched.warnings[0]
     assert f"client_id changed from {creds['clientID']} to {other_creds['clientID']}" in warning
     assert "cached token was dropped" in warning
+
+
+# ------------------------------------------------------------------ token-host allow-list
+
+
+async def test_a_token_uri_off_the_allow_list_is_refused(
+    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str]
+) -> None:
+    for uri in (
+        "https://169.254.169.254/v1/auth/sa/oauth/token",
+        "https://emulator.test:8443/v1/auth/sa/oauth/token",
+    ):
+        refused = await client.write("config", {"credentials_json": {**creds, "tokenURI": uri}})
+        assert_names(refused, 400, "credentials_json.tokenURI")
+        assert "SKYFLOW_ALLOWED_TOKEN_HOSTS" in refused.errors[0]
+    assert (await client.read("config")).status == 404
+    assert emulator.state.token_calls == 0
+
+
+async def test_a_stored_config_off_a_narrowed_allow_list_stops_minting(
+    emulator: InProcessEmulator, creds: dict[str, str], credentials_dir: Path
+) -> None:
+    """The list applies to every load, not only to writes: an operator who narrows it (or a
+    config written before it existed) cannot keep minting against the old host."""
+    async with open_client("direct", emulator, credentials_dir) as client:
+        await client.write("config", {"credentials_json": creds})
+        entry = await client.storage.get("config")
+    assert entry is not None
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=POLICY,
+        allowed_token_hosts=TokenHosts.parse("manage.skyflowapis.com"),
+    )
+    calls = emulator.state.token_calls
+    async with open_driver("direct", make_factory(settings)) as driver:
+        narrowed = PluginTestClient(driver, mount_point="skyflow/insurance/")
+        await narrowed.storage.put(entry)  # written before the list was narrowed
+        await narrowed.write("roles/producer", {"role_ids": "r1"})
+        refused = await narrowed.read("creds/producer")
+    assert_names(refused, 400, "credentials_json.tokenURI")
+    assert emulator.state.token_calls == calls

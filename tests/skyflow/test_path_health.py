@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -10,8 +11,12 @@ from skyflow_vault_plugin.emulator import InProcessEmulator
 from skyflow_vault_plugin.emulator.state import Faults
 from skyflow_vault_plugin.sdk.framework import StorageEntry
 from skyflow_vault_plugin.sdk.testing import GrpcDriver, PluginTestClient, open_driver
+from skyflow_vault_plugin.skyflow import client as client_module
 from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION, EngineSettings, make_factory
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.client import MAX_MOUNT_BACKOFF, ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,
@@ -47,7 +52,9 @@ def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
 async def client(
     request: pytest.FixtureRequest, emulator: InProcessEmulator
 ) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+    settings = EngineSettings(
+        transport=emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
+    )
     async with open_driver(request.param, make_factory(settings)) as driver:
         yield PluginTestClient(driver, mount_point="skyflow/clcm/")
 
@@ -121,7 +128,11 @@ async def test_unconfigured_is_503_with_the_config_check_failing(
 
 @pytest.mark.parametrize("status", [503, 500, 429])
 async def test_skyflow_failing_is_503_with_its_status(
-    client: PluginTestClient, emulator: InProcessEmulator, creds: dict[str, str], status: int
+    client: PluginTestClient,
+    emulator: InProcessEmulator,
+    creds: dict[str, str],
+    status: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await client.write("config", {"credentials_json": creds, "validate_credentials": False})
     emulator.state.set_faults(Faults(fail_status=status))
@@ -135,6 +146,14 @@ async def test_skyflow_failing_is_503_with_its_status(
     # and it recovers, minting once
     emulator.state.reset_faults()
     emulator.state.reset_stats()
+    if status == 429:
+        # a 429 pauses the whole mount: nothing goes to Skyflow until the pause ends
+        paused = await client.read("health")
+        assert paused.status == 503
+        assert "rate limited" in paused.data["checks"]["skyflow"]["message"]
+        assert emulator.state.token_calls == 0
+        later = time.monotonic() + MAX_MOUNT_BACKOFF
+        monkeypatch.setattr(client_module, "_pause_clock", lambda: later)
     assert (await client.read("health")).status == 200
     assert emulator.state.token_calls == 1
 
@@ -149,7 +168,8 @@ async def test_skyflow_rejecting_is_503_with_401(
     skyflow = outcome.data["checks"]["skyflow"]
     assert skyflow["ok"] is False
     assert skyflow["status"] == 401
-    assert "Invalid credentials" in skyflow["message"]
+    assert "rejected" in skyflow["message"]
+    assert "Invalid credentials" not in skyflow["message"]  # Skyflow's text: the log only
 
 
 async def test_config_change_drops_the_probe_token(

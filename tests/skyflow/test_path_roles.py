@@ -16,7 +16,10 @@ from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_dri
 from skyflow_vault_plugin.skyflow import path_roles
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 POLICY = ExchangePolicy(deadline=2.0, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
 
@@ -30,7 +33,9 @@ def emulator() -> InProcessEmulator:
 async def client(
     request: pytest.FixtureRequest, emulator: InProcessEmulator
 ) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
+    settings = EngineSettings(
+        transport=emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
+    )
     async with open_driver(request.param, make_factory(settings)) as driver:
         yield PluginTestClient(driver, mount_point="skyflow/lending/")
 

@@ -20,6 +20,7 @@ import asyncio
 import gc
 import importlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 
 from skyflow_vault_plugin.emulator import EmulatorProcess
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
+from skyflow_vault_plugin.skyflow.client import ASSERTION_LIFETIME, ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected
 
@@ -137,7 +138,9 @@ async def test_same_request_as_the_sdk(
     assert (stats["successes"], stats["failures"]) == (2, 0)
     sdk_record, our_record = stats["requests"]
     assert _comparable(our_record) == _comparable(sdk_record)
-    assert abs(our_record["claims"]["exp"] - sdk_record["claims"]["exp"]) <= 5
+    # one deliberate difference: our assertions live 5 minutes, the SDK's 60
+    sdk_exp, our_exp = sdk_record["claims"]["exp"], our_record["claims"]["exp"]
+    assert abs((our_exp - ASSERTION_LIFETIME) - (sdk_exp - 3600)) <= 5
     # body keys differ in one harmless way: the SDK sends "scope": null without role IDs,
     # we leave the key out
     assert set(our_record["body_keys"]) <= set(sdk_record["body_keys"])
@@ -149,7 +152,9 @@ async def test_credentials_file_like_the_sdk(emulator: EmulatorProcess) -> None:
         _sdk, generate_bearer_token, path, {"role_ids": ["a", "b"], "ctx": "u"}, QUIET
     )
     async with TokenClient(POLICY) as client:
-        await client.exchange(load_credentials_file(path), ["a", "b"], "u")
+        await client.exchange(
+            load_credentials_file(path, root=os.path.dirname(path)), ["a", "b"], "u"
+        )
     sdk_record, our_record = emulator.admin.stats()["requests"]
     assert _comparable(our_record) == _comparable(sdk_record)
 

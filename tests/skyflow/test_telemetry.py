@@ -42,6 +42,7 @@ from skyflow_vault_plugin.sdk.plugin.pb import backend_pb2 as pb
 from skyflow_vault_plugin.sdk.testing import InMemoryStorage, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.errors import (
     CredentialsError,
     InvalidContext,
@@ -65,6 +66,8 @@ from skyflow_vault_plugin.skyflow.telemetry import (
 )
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
+
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 FAST = ExchangePolicy(deadline=5.0, backoff_base=0.01, backoff_max=0.02)
 MOUNT = "skyflow/insurance/"
@@ -348,10 +351,12 @@ DISABLED_PROBE = textwrap.dedent(
     from skyflow_vault_plugin.emulator import InProcessEmulator
     from skyflow_vault_plugin.sdk.testing import PluginTestClient, open_driver
     from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+    from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 
     async def main():
         emulator = InProcessEmulator()
-        settings = EngineSettings(transport=emulator.transport())
+        hosts = TokenHosts.parse("emulator.test")
+        settings = EngineSettings(transport=emulator.transport(), allowed_token_hosts=hosts)
         async with open_driver("grpc", make_factory(settings)) as driver:
             client = PluginTestClient(driver, mount_point="skyflow/insurance/")
             creds = json.dumps(emulator.create_account())
@@ -493,7 +498,12 @@ def kind(request: pytest.FixtureRequest) -> str:
 async def engine(
     kind: str, emulator: InProcessEmulator, telemetry: Telemetry, *, mount: str = MOUNT
 ) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(policy=FAST, transport=emulator.transport(), telemetry=telemetry)
+    settings = EngineSettings(
+        policy=FAST,
+        transport=emulator.transport(),
+        telemetry=telemetry,
+        allowed_token_hosts=EMULATOR_HOSTS,
+    )
     async with open_driver(kind, make_factory(settings)) as driver:
         yield PluginTestClient(driver, mount_point=mount)
 

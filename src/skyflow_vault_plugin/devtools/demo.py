@@ -12,7 +12,9 @@ Steps, each the way an operator would do it:
 2. start an OpenBao dev server whose config sets ``plugin_directory``;
 3. install the plugin with ``skyflow-vault-plugin install``'s code path and register it by
    sha256, running the exact ``bao write sys/plugins/catalog/...`` command ``install`` prints,
-   with ``env=SKYFLOW_CA_FILE=<emulator CA>`` so the plugin trusts the emulator;
+   with ``env=SKYFLOW_CA_FILE=<emulator CA>`` so the plugin trusts the emulator,
+   ``SKYFLOW_ALLOWED_TOKEN_HOSTS=127.0.0.1:<port>`` so it may call it, and
+   ``SKYFLOW_CREDENTIALS_DIR=<work dir>/credentials`` for the file-mode unit;
 4. enable ``skyflow/insurance`` (``credentials_json``), ``skyflow/lending``
    (``credentials_file_path``) and ``skyflow/clcm`` (``credentials_json``), write each config,
    a ``producer`` role (one Skyflow role ID) and a ``consumer-analytics`` role (two);
@@ -218,6 +220,11 @@ def _register(bao: OpenBaoServer, installation: Installation) -> None:
     )
 
 
+def credentials_dir(work_dir: Path) -> Path:
+    """The demo's ``SKYFLOW_CREDENTIALS_DIR``."""
+    return work_dir / "credentials"
+
+
 def _configure(
     bao: OpenBaoServer, client: BaoClient, unit: Unit, account: dict[str, str], work_dir: Path
 ) -> None:
@@ -229,7 +236,10 @@ def _configure(
         "tags": f"unit={unit.name},demo",
     }
     if unit.source == "credentials_file_path":
-        path = work_dir / f"{unit.name}-service-account.json"
+        # the plugin reads files only under SKYFLOW_CREDENTIALS_DIR/<mount path>/
+        directory = credentials_dir(work_dir) / unit.mount
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "service-account.json"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(account, handle, indent=2)
@@ -293,9 +303,9 @@ def run_demo(work_dir: Path, *, once: bool) -> int:
         _say(f"  {bao.addr}  (log: {bao.log_path})")
 
         _say("Installing the plugin (skyflow-vault-plugin install) and registering it by sha256:")
-        installation = install(
-            bao.plugin_dir, PLUGIN_NAME, env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"]
-        )
+        plugin_env = [f"{key}={value}" for key, value in emulator.plugin_env().items()]
+        plugin_env.append(f"SKYFLOW_CREDENTIALS_DIR={credentials_dir(work_dir)}")
+        installation = install(bao.plugin_dir, PLUGIN_NAME, env=plugin_env)
         _say(
             f"  {installation.path}: sha256 {installation.sha256[:16]}..., pins "
             f"{installation.files} files"

@@ -68,6 +68,8 @@ _FAULT_FIELDS = {
     "fail_count": (int,),
     "retry_after": (int, float),
     "reject": (bool,),
+    "error_message": (str,),
+    "error_repeat": (int,),
 }
 
 
@@ -165,6 +167,7 @@ async def token(request: Request) -> Response:
     if fault is not None:
         status, retry_after = fault
         message = "Invalid credentials" if status == 401 else "Injected fault"
+        message = (state.faults.error_message or message) * (state.faults.error_repeat or 1)
         state.record_failure(Rejection(request_id, status, message, client_hint))
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
         return _error(request, status, message, headers)

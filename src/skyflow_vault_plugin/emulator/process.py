@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -100,6 +101,8 @@ class EmulatorAdmin:
         fail_count: int | None = None,
         retry_after: float | None = None,
         reject: bool = False,
+        error_message: str | None = None,
+        error_repeat: int | None = None,
     ) -> dict[str, Any]:
         """Replace the fault knobs (see :class:`.state.Faults`)."""
         body = {
@@ -108,6 +111,8 @@ class EmulatorAdmin:
             "fail_count": fail_count,
             "retry_after": retry_after,
             "reject": reject,
+            "error_message": error_message,
+            "error_repeat": error_repeat,
         }
         result: dict[str, Any] = self._call("POST", "faults", body)
         return result
@@ -219,6 +224,14 @@ class EmulatorProcess:
         self.restored = bool(ready.get("restored", False))
         self._admin = EmulatorAdmin(self.url, self.ca_file)
         return self
+
+    def plugin_env(self) -> dict[str, str]:
+        """The environment a plugin needs to use this emulator: trust its CA
+        (``SKYFLOW_CA_FILE``) and allow its ``127.0.0.1:<port>`` as a token host."""
+        return {
+            "SKYFLOW_CA_FILE": self.ca_file,
+            "SKYFLOW_ALLOWED_TOKEN_HOSTS": urlsplit(self.url).netloc,
+        }
 
     def _read_ready_line(self) -> dict[str, Any]:
         assert self._proc is not None

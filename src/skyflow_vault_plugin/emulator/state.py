@@ -136,6 +136,8 @@ class Faults:
     ``fail_status`` fails calls with that status (``fail_count`` of them, or all while set when
     ``fail_count`` is None), adding ``Retry-After: retry_after`` when given. ``reject`` answers
     every call with 401. ``latency`` delays every call by that many seconds first.
+    ``error_message`` replaces the message of those failures (a hostile endpoint's, say),
+    repeated ``error_repeat`` times (a huge message without a huge admin request).
     """
 
     latency: float = 0.0
@@ -143,6 +145,8 @@ class Faults:
     fail_count: int | None = None
     retry_after: float | None = None
     reject: bool = False
+    error_message: str | None = None
+    error_repeat: int | None = None
 
     def validate(self) -> None:
         """Raise ValueError when the knobs make no sense."""
@@ -154,6 +158,8 @@ class Faults:
             raise ValueError("fail_count must not be negative")
         if self.retry_after is not None and self.retry_after < 0:
             raise ValueError("retry_after must not be negative")
+        if self.error_repeat is not None and not 1 <= self.error_repeat <= 1_000_000:
+            raise ValueError("error_repeat must be between 1 and 1000000")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, as the admin API shows it."""

@@ -18,6 +18,7 @@ A write takes effect when it returns:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -39,7 +40,14 @@ from ..sdk.framework import (
 from . import storage as store
 from .cache import ByteBudget, TokenCache, process_budget
 from .client import ExchangePolicy, IssuedToken, TokenClient
-from .credentials import ServiceAccount, load_credentials_file, parse_credentials
+from .credentials import (
+    CREDENTIALS_DIR_ENV,
+    ServiceAccount,
+    TokenHosts,
+    credentials_dir_for,
+    load_credentials_file,
+    parse_credentials,
+)
 from .engine_env import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, read_engine_env
 from .keyed_locks import KeyedLocks
 from .storage import ConfigEntry, RoleEntry
@@ -77,9 +85,11 @@ class EngineSettings:
     ``SKYFLOW_TOKEN_CACHE_MAX_BYTES`` caps the bytes of every mount's tokens together
     (default 64 MiB); ``SKYFLOW_REQUEST_DEADLINE`` bounds one token exchange, retries
     included (seconds, default 30, below Vault's 90 s request limit). The plugin checks them
-    at start (see engine_env.py). ``transport`` lets tests put Skyflow in-process;
-    ``telemetry`` replaces the process-wide telemetry (see telemetry/); ``budget`` replaces
-    the process-wide byte budget.
+    at start (see engine_env.py). ``SKYFLOW_ALLOWED_TOKEN_HOSTS`` lists the hosts a
+    ``tokenURI`` may name (default: Skyflow's); ``SKYFLOW_CREDENTIALS_DIR`` enables
+    ``credentials_file_path`` under ``<dir>/<mount path>/`` (unset: file mode is refused).
+    ``transport`` lets tests put Skyflow in-process; ``telemetry`` replaces the process-wide
+    telemetry (see telemetry/); ``budget`` replaces the process-wide byte budget.
     """
 
     cache_max_entries: int = DEFAULT_MAX_ENTRIES
@@ -88,6 +98,8 @@ class EngineSettings:
     transport: httpx.AsyncBaseTransport | None = None
     telemetry: Telemetry | None = None
     budget: ByteBudget | None = None
+    allowed_token_hosts: TokenHosts = field(default_factory=TokenHosts.default)
+    credentials_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EngineSettings:
@@ -97,6 +109,8 @@ class EngineSettings:
             cache_max_entries=values.cache_max_entries,
             cache_max_bytes=values.cache_max_bytes,
             policy=ExchangePolicy(deadline=values.deadline),
+            allowed_token_hosts=TokenHosts.from_env(env),
+            credentials_dir=env.get(CREDENTIALS_DIR_ENV) or None,
         )
 
 
@@ -168,13 +182,15 @@ class SkyflowBackend:
         self.generations.config += 1
         self.cache.clear()
 
-    async def account(self, config: ConfigEntry) -> ServiceAccount:
+    async def account(self, config: ConfigEntry, mount_point: str) -> ServiceAccount:
         """The parsed service account, cached under a fingerprint of its source.
 
         A ``credentials_json`` account is keyed by the SHA-256 of the stored JSON; a file by
-        its path, size and modification time. When a file's content now holds another
-        account (client, key or token URI), that is a new account: the mount's tokens are
-        dropped and the change is logged, as a config write would.
+        its path, size and modification time, and re-read when it changed on disk
+        (``mount_point``, the request's, selects the directory a file must lie in). When a
+        file's content now holds another account (client, key or token URI), that is a new
+        account: the mount's tokens are dropped and the change is logged, as a config write
+        would.
         """
         key = _account_key(config)
         if config.credentials_type == "file_path":
@@ -189,7 +205,7 @@ class SkyflowBackend:
         previous, previous_key = self._account, self._account_key
         if config.credentials_type == "file_path":
             path = config.credentials_file_path or ""
-            account = await asyncio.to_thread(load_credentials_file, path)
+            account = await self.load_file(path, mount_point)
             same_file = isinstance(previous_key, tuple) and previous_key[:2] == ("file", path)
             if previous is not None and same_file and _identity(previous) != _identity(account):
                 _log.warning(
@@ -200,9 +216,26 @@ class SkyflowBackend:
                 self.generations.config += 1
                 self.cache.clear()
         else:
-            account = parse_credentials(config.credentials_json or "")
+            account = self.parse_json(config.credentials_json or "")
         self._account, self._account_key = account, key
         return account
+
+    def parse_json(self, text: str) -> ServiceAccount:
+        """Parse credentials JSON under this process's token-host allow-list."""
+        return parse_credentials(text, allowed_hosts=self.settings.allowed_token_hosts)
+
+    async def load_file(self, path: str, mount_point: str) -> ServiceAccount:
+        """Read a credentials file confined to this mount's directory (see credentials.py)."""
+        field = "credentials_file_path"
+        root = credentials_dir_for(self.settings.credentials_dir, mount_point, field)
+        return await asyncio.to_thread(
+            functools.partial(
+                load_credentials_file,
+                path,
+                root=root,
+                allowed_hosts=self.settings.allowed_token_hosts,
+            )
+        )
 
     # -- roles -----------------------------------------------------------------------------
 

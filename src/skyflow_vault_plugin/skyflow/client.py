@@ -29,6 +29,13 @@ import jwt
 from .. import __version__
 from .credentials import ServiceAccount, token_endpoint
 from .errors import (
+    BUSY,
+    FAILING,
+    MALFORMED,
+    RATE_LIMITED,
+    REJECTED,
+    TIMED_OUT,
+    UNREACHABLE,
     InvalidContext,
     InvalidInput,
     SkyflowRejected,
@@ -39,6 +46,7 @@ from .errors import (
 from .trust import untrusted_summary
 
 __all__ = [
+    "ACCESS_TOKEN_LIFETIME",
     "ASSERTION_LIFETIME",
     "GRANT_TYPE",
     "AttemptHook",
@@ -53,12 +61,32 @@ __all__ = [
 ]
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-ASSERTION_LIFETIME = 3600  # seconds; the SDK signs exp = now + 60 min
-DEFAULT_TOKEN_LIFETIME = 3600.0  # Skyflow's access tokens live 60 min
+# The assertion is a bearer credential for minting tokens until it expires, so it lives only
+# as long as one exchange needs. The SDKs sign exp = now + 60 min; Skyflow documents no
+# minimum lifetime and only checks that exp lies ahead. One exchange reuses its assertion
+# across retries for at most the request deadline (below Vault's 90 s limit), so 5 minutes
+# leaves over 3 minutes for the Vault host's clock to run behind Skyflow's.
+ASSERTION_LIFETIME = 300  # seconds
+ACCESS_TOKEN_LIFETIME = 3600  # Skyflow's access tokens live 60 min
+DEFAULT_TOKEN_LIFETIME = float(ACCESS_TOKEN_LIFETIME)
 CTX_KEY = re.compile(r"[A-Za-z0-9_]+")
 MAX_CTX_BYTES = 8 * 1024  # ctx becomes part of cache keys; keep it bounded
 _MAX_CTX_DEPTH = 8
-_MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024
+"""A token reply is a few KB; more is refused unread (the stream is cut at this size)."""
+MAX_ERROR_BYTES = 16 * 1024
+"""An error reply is read this far for Skyflow's message and request ID, no further."""
+MAX_MOUNT_BACKOFF = 300.0
+"""The longest a mount pauses after a 429 or Retry-After, whatever the endpoint asks."""
+_DEFAULT_429_PAUSE = 1.0
+
+
+def _pause_clock() -> float:
+    """The clock of the mount's rate-limit pause (a seam for tests: patching time.monotonic
+    itself would move the event loop's clock too)."""
+    return time.monotonic()
+
+
 _VAULT_REQUEST_LIMIT = 90.0
 
 JSONScalar: TypeAlias = str | int | float | bool | None
@@ -172,7 +200,8 @@ def build_assertion(account: ServiceAccount, ctx: object = None, now: float | No
     """Sign the RS256 JWT that Skyflow exchanges for a bearer token.
 
     Claims (in the SDK's order): ``iss`` = ``sub`` = clientID, ``key`` = keyID,
-    ``aud`` = tokenURI, ``exp`` = now + 3600 s, and ``ctx`` when given and not empty. Like the SDK
+    ``aud`` = tokenURI, ``exp`` = now + :data:`ASSERTION_LIFETIME` (5 min; the SDK signs
+    60 min), and ``ctx`` when given and not empty. Like the SDK
     we send no ``iat``; the header is PyJWT's ``{"alg": "RS256", "typ": "JWT"}``.
     """
     issued = time.time() if now is None else now
@@ -282,6 +311,10 @@ class TokenClient:
         self.policy = policy or ExchangePolicy()
         self._on_attempt = on_attempt
         self._rng = rng
+        # time.monotonic() before which this mount sends Skyflow nothing new: set by a 429 or
+        # a Retry-After, so that one caller cycling ctx values cannot spend the service
+        # account's rate limit for every other caller of the mount.
+        self._not_before = 0.0
         limits = httpx.Limits(
             max_connections=self.policy.max_connections,
             max_keepalive_connections=self.policy.max_connections,
@@ -296,6 +329,8 @@ class TokenClient:
             headers={
                 "User-Agent": f"skyflow-vault-plugin/{__version__}",
                 "Accept": "application/json",
+                # no compressed replies: a small gzip body can inflate to gigabytes
+                "Accept-Encoding": "identity",
             },
         )
 
@@ -319,6 +354,17 @@ class TokenClient:
         """True once :meth:`aclose` has run."""
         return self._http.is_closed
 
+    def backing_off(self) -> float:
+        """Seconds this mount still waits after Skyflow's 429 or Retry-After (0 if none)."""
+        return max(0.0, self._not_before - _pause_clock())
+
+    def _pause(self, outcome: _Outcome) -> None:
+        if outcome.status != 429 and outcome.retry_after is None:
+            return
+        pause = outcome.retry_after if outcome.retry_after is not None else _DEFAULT_429_PAUSE
+        until = _pause_clock() + min(pause, MAX_MOUNT_BACKOFF)
+        self._not_before = max(self._not_before, until)
+
     async def exchange(
         self,
         account: ServiceAccount,
@@ -336,6 +382,13 @@ class TokenClient:
         """
         if self.closed:
             raise RuntimeError("TokenClient is closed")
+        waiting = self.backing_off()
+        if waiting > 0:
+            raise SkyflowUnavailable(
+                f"the mount is backing off for {waiting:.1f} s after Skyflow's rate limit",
+                category=RATE_LIMITED,
+                attempts=0,
+            )
         limit = time.monotonic() + self.policy.deadline
         if deadline is not None:
             limit = min(limit, deadline)
@@ -358,6 +411,7 @@ class TokenClient:
             outcome = await self._attempt(url, body, remaining)
             if outcome.token is not None:
                 return _with_attempts(outcome.token, attempt)
+            self._pause(outcome)
             if not outcome.retryable or attempt >= self.policy.max_attempts:
                 break
             delay = (
@@ -365,19 +419,29 @@ class TokenClient:
                 if outcome.retry_after is not None
                 else self.policy.backoff(attempt, self._rng)
             )
+            # another exchange of this mount may have been told to wait longer
+            delay = max(delay, self.backing_off())
             if time.monotonic() + delay >= limit:
                 # sleeping would only run into the deadline
                 if outcome.retry_after is not None and outcome.error is not None:
-                    outcome.error.summary += (
-                        f"; its Retry-After of {outcome.retry_after:g} s is past the deadline"
+                    outcome.error.summary = (
+                        f"its Retry-After of {outcome.retry_after:g} s is past the deadline"
                     )
                 break
             await asyncio.sleep(delay)
 
         error = outcome.error
         if error is None:  # the deadline passed before the first attempt
-            error = SkyflowUnavailable("the request deadline passed before Skyflow was called")
+            error = SkyflowUnavailable(
+                "the request deadline passed before Skyflow was called", category=TIMED_OUT
+            )
         error.attempts = max(attempt, 1)
+        fields = error.log_fields()
+        _log.warning(
+            "Skyflow token request failed: %s",
+            " ".join(f"{key}={value!r}" for key, value in fields.items()),
+            extra={"skyflow_" + key: value for key, value in fields.items()},
+        )
         raise error from outcome.cause
 
     # -- one attempt ----------------------------------------------------------------------
@@ -391,24 +455,38 @@ class TokenClient:
         started = time.monotonic()
         try:
             # httpx's timeouts are per operation; asyncio.timeout bounds the whole attempt
-            async with asyncio.timeout(remaining):
-                response = await self._http.post(url, json=body, timeout=self._timeout(remaining))
+            async with (
+                asyncio.timeout(remaining),
+                self._http.stream(
+                    "POST", url, json=body, timeout=self._timeout(remaining)
+                ) as response,
+            ):
+                outcome = await _read_reply(response)
         except TimeoutError as exc:
             outcome = _Outcome(
-                error=SkyflowUnavailable("Skyflow did not answer before the deadline"),
+                error=SkyflowUnavailable(
+                    "no answer before the request deadline", category=TIMED_OUT
+                ),
                 cause=exc,
-                retryable=False,
+            )
+        except httpx.PoolTimeout as exc:
+            # Not Skyflow's slowness: every pooled connection of this mount stayed busy.
+            outcome = _Outcome(
+                error=SkyflowUnavailable(
+                    f"no free connection among {self.policy.max_connections} within "
+                    f"{self.policy.connect_timeout:g} s",
+                    category=BUSY,
+                ),
+                cause=exc,
             )
         except httpx.TimeoutException as exc:
-            outcome = _Outcome(
-                error=SkyflowUnavailable(f"Skyflow timed out ({_kind(exc)})"),
-                cause=exc,
-                retryable=True,
-            )
+            outcome = _failure(SkyflowUnavailable, TIMED_OUT, exc, _kind(exc), retryable=True)
+        except httpx.DecodingError as exc:
+            outcome = _failure(SkyflowUnavailable, MALFORMED, exc, _kind(exc))
         except httpx.TransportError as exc:
             outcome = _transport_failure(exc)
-        else:
-            outcome = _classify(response, issued_at=time.time())
+        except httpx.HTTPError as exc:  # anything else httpx may raise on a hostile reply
+            outcome = _failure(SkyflowUnavailable, MALFORMED, exc, _kind(exc))
         self._report(outcome, time.monotonic() - started)
         return outcome
 
@@ -436,17 +514,34 @@ def _kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _failure(
+    error_type: type[UpstreamError],
+    category: str,
+    exc: BaseException,
+    detail: str,
+    *,
+    retryable: bool = False,
+) -> _Outcome:
+    return _Outcome(
+        error=error_type(category=category, detail=detail),
+        cause=exc,
+        retryable=retryable,
+    )
+
+
 def _transport_failure(exc: httpx.TransportError) -> _Outcome:
     if _is_certificate_error(exc):
-        # retrying cannot fix trust; say what to check instead
-        return _Outcome(error=SkyflowUntrusted(untrusted_summary()), cause=exc)
+        # retrying cannot fix trust; the message names the setting that does
+        return _Outcome(
+            error=SkyflowUntrusted(untrusted_summary(), detail=f"{_kind(exc)}: {exc}"),
+            cause=exc,
+        )
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.ProxyError):
-        return _Outcome(error=SkyflowUnavailable(f"cannot reach Skyflow ({_kind(exc)})"), cause=exc)
-    detail = str(exc) or _kind(exc)
-    return _Outcome(
-        error=SkyflowUnavailable(f"cannot reach Skyflow ({_kind(exc)}: {detail})"),
-        cause=exc,
-        retryable=True,
+        return _failure(SkyflowUnavailable, UNREACHABLE, exc, _kind(exc))
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+        return _failure(SkyflowUnavailable, MALFORMED, exc, f"{_kind(exc)}: {exc}")
+    return _failure(
+        SkyflowUnavailable, UNREACHABLE, exc, f"{_kind(exc)}: {exc or ''}", retryable=True
     )
 
 
@@ -459,59 +554,94 @@ def _is_certificate_error(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
-def _classify(response: httpx.Response, *, issued_at: float) -> _Outcome:
+class _TooLarge(Exception):
+    """The reply's body passed its byte cap."""
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes; raises :class:`_TooLarge` past it (the rest is
+    never read: the connection is dropped when the stream closes)."""
+    declared = response.headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    # aiter_bytes decodes nothing here: any Content-Encoding but identity was refused before
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_reply(response: httpx.Response) -> _Outcome:
+    """Read a streamed reply within its byte cap and classify it."""
     status = response.status_code
     request_id = response.headers.get("x-request-id")
+    success = 200 <= status < 300
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # asked for identity; decoding it anyway would let a tiny body inflate without bound
+        return _malformed(status, request_id, f"unrequested Content-Encoding {encoding!r}")
+    try:
+        content = await _read_capped(response, MAX_RESPONSE_BYTES if success else MAX_ERROR_BYTES)
+    except _TooLarge:
+        if success:
+            return _malformed(status, request_id, f"reply over {MAX_RESPONSE_BYTES} bytes")
+        content = None  # an error is still an error; only its message is lost
+    return _classify(status, request_id, response.headers.get("retry-after"), content)
+
+
+def _malformed(status: int, request_id: str | None, detail: str) -> _Outcome:
+    return _Outcome(
+        status=status,
+        request_id=request_id,
+        error=SkyflowUnavailable(
+            category=MALFORMED, status=status, request_id=request_id, detail=detail
+        ),
+    )
+
+
+def _classify(
+    status: int, request_id: str | None, retry_after: str | None, content: bytes | None
+) -> _Outcome:
     if 200 <= status < 300:
-        token = _parse_token(response, issued_at)
+        token = _parse_token(content or b"", issued_at=time.time())
         if token is None:
-            return _Outcome(
-                status=status,
-                request_id=request_id,
-                error=SkyflowUnavailable(
-                    "Skyflow returned a malformed token response",
-                    status=status,
-                    request_id=request_id,
-                ),
-            )
+            return _malformed(status, request_id, "no usable accessToken in the reply")
         return _Outcome(status=status, request_id=request_id, token=token)
 
-    message = _error_message(response)
+    message = _error_message(content) if content is not None else None
     if status == 429 or status >= 500:
         return _Outcome(
             status=status,
             request_id=request_id,
             error=SkyflowUnavailable(
-                "Skyflow is unavailable",
+                category=RATE_LIMITED if status == 429 else FAILING,
                 status=status,
                 request_id=request_id,
                 skyflow_message=message,
             ),
             retryable=True,
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=_retry_after(retry_after),
         )
-    error_type = SkyflowRejected if 400 <= status < 500 else SkyflowUnavailable
-    return _Outcome(
-        status=status,
-        request_id=request_id,
-        error=error_type(
-            "Skyflow rejected the token request"
-            if error_type is SkyflowRejected
-            else "Skyflow answered unexpectedly",
+    if 400 <= status < 500:
+        return _Outcome(
             status=status,
             request_id=request_id,
-            skyflow_message=message,
-        ),
-    )
+            error=SkyflowRejected(
+                category=REJECTED, status=status, request_id=request_id, skyflow_message=message
+            ),
+        )
+    return _malformed(status, request_id, f"unexpected HTTP status {status}")
 
 
-def _parse_token(response: httpx.Response, issued_at: float) -> IssuedToken | None:
+def _parse_token(content: bytes, issued_at: float) -> IssuedToken | None:
     """Read ``{"accessToken", "tokenType"}``; None when malformed (never echo the body)."""
-    if len(response.content) > _MAX_RESPONSE_BYTES:
-        return None
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(content)
+    except (ValueError, RecursionError):  # ValueError covers bad UTF-8 too
         return None
     if not isinstance(data, dict):
         return None
@@ -519,7 +649,7 @@ def _parse_token(response: httpx.Response, issued_at: float) -> IssuedToken | No
     token_type = data.get("tokenType", "Bearer")
     if not isinstance(access_token, str) or not access_token.strip():
         return None
-    if not isinstance(token_type, str) or not token_type:
+    if not isinstance(token_type, str) or not token_type or len(token_type) > 64:
         return None
     return IssuedToken(
         access_token=access_token,
@@ -529,22 +659,26 @@ def _parse_token(response: httpx.Response, issued_at: float) -> IssuedToken | No
     )
 
 
+_MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z: later instants have no RFC 3339 form
+
+
 def _token_expiry(access_token: str, issued_at: float) -> float:
     try:
         claims = jwt.decode(access_token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, RecursionError, OverflowError):
         return issued_at + DEFAULT_TOKEN_LIFETIME  # opaque token: assume Skyflow's 60 min
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    # range first: math.isfinite(10**400) raises OverflowError
+    if isinstance(exp, int | float) and not isinstance(exp, bool) and 0 < exp <= _MAX_EXP:
         return float(exp)
     return issued_at + DEFAULT_TOKEN_LIFETIME
 
 
-def _error_message(response: httpx.Response) -> str | None:
+def _error_message(content: bytes) -> str | None:
     """Skyflow's ``error.message``; the raw body is never used (it could echo anything)."""
     try:
-        data = response.json()
-    except ValueError:
+        data = json.loads(content)
+    except (ValueError, RecursionError):
         return None
     if isinstance(data, dict):
         error = data.get("error")
@@ -567,4 +701,4 @@ def _retry_after(value: str | None) -> float | None:
         seconds = when.timestamp() - time.time()
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_MOUNT_BACKOFF)

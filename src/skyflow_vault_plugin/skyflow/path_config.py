@@ -8,7 +8,6 @@ Vault's encrypted storage). A read never returns the key.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import replace
@@ -29,7 +28,6 @@ from ..sdk.framework import (
 )
 from . import storage as store
 from .backend import HEALTH_CACHE_KEY, SkyflowBackend
-from .credentials import load_credentials_file, parse_credentials
 from .errors import InvalidInput, SkyflowRejected, SkyflowUntrusted, UpstreamError
 from .errors_http import to_logical
 from .path_roles import validate_tags
@@ -51,8 +49,9 @@ CONFIG_FIELDS = {
     "credentials_file_path": Field(
         FieldType.STRING,
         "Absolute path of a credentials JSON file readable by the server, read when used. "
-        "Every HA node needs the file, and the key is then outside Vault's encrypted storage. "
-        "Exclusive with credentials_json.",
+        "Only under <SKYFLOW_CREDENTIALS_DIR>/<mount path>/, and only when the operator set "
+        "that variable. Every HA node needs the file, and the key is then outside Vault's "
+        "encrypted storage. Exclusive with credentials_json.",
         max_length=4096,
     ),
     "description": Field(
@@ -103,10 +102,10 @@ async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | 
 async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     # Read-modify-write: two writes must not both start from version N.
     async with b.locks.hold(store.CONFIG_KEY):
-        return await _update(b, data)
+        return await _update(b, req, data)
 
 
-async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
+async def _update(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
     current = await b.get_config()
     json_value, has_json = data.get_ok("credentials_json")
     path_value, has_path = data.get_ok("credentials_file_path")
@@ -121,16 +120,16 @@ async def _update(b: SkyflowBackend, data: FieldData) -> Response | None:
     try:
         if has_json:
             text = json_value if isinstance(json_value, str) else json.dumps(json_value)
-            account = parse_credentials(text)
+            account = b.parse_json(text)
             updated = _base(current, credentials_type="json")
             updated = replace(updated, credentials_json=text, credentials_file_path=None)
         elif has_path:
-            account = await asyncio.to_thread(load_credentials_file, path_value)
+            account = await b.load_file(path_value, req.mount_point)
             updated = _base(current, credentials_type="file_path")
             updated = replace(updated, credentials_json=None, credentials_file_path=path_value)
         else:
             assert current is not None
-            account = await b.account(current)
+            account = await b.account(current, req.mount_point)
             updated = replace(current)
     except InvalidInput as exc:
         if has_json and isinstance(json_value, str) and _looks_like_file_name(json_value):

@@ -112,7 +112,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
             return Response(data=token_data(cached))
 
     async def mint() -> IssuedToken:
-        account = await b.account(config)
+        account = await b.account(config, req.mount_point)
         token = await b.mint(account, role.role_ids, ctx)
         # Keep it only if neither the config nor the role changed while we waited.
         current = (b.generations.config, b.generations.role(name))
@@ -165,10 +165,12 @@ def creds_paths(b: SkyflowBackend) -> list[Path]:
             min_remaining_ttl, so callers should refresh when expires_in runs low.
 
             Errors: 400 unknown role, mount not configured, or invalid ctx (the field is
-            named); 502 Skyflow rejected the service account (Skyflow's message and request
-            ID included); 503 Skyflow unreachable, timing out, failing or rate-limiting after
-            retries. While Skyflow is unavailable, a cached token that is still valid is
-            returned with a warning.
+            named); 502 Skyflow rejected the service account; 503 Skyflow unreachable, timing
+            out, failing, rate-limiting (the whole mount pauses after a 429), answering
+            something unreadable, or not trusted (SKYFLOW_CA_FILE). Both give the category,
+            Skyflow's status and request ID; Skyflow's own message is in the server log. While
+            Skyflow is unavailable, a cached token that is still valid is returned with a
+            warning.
             """,
         )
     ]

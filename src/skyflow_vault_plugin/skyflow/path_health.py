@@ -90,7 +90,7 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
         if config is None:
             checks["config"] = _check(False, "not configured: write the service account to config")
         else:
-            account = await b.account(config)
+            account = await b.account(config, req.mount_point)
             checks["config"] = _check(
                 True,
                 "config present and parses",

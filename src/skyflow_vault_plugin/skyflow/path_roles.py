@@ -27,7 +27,7 @@ from ..sdk.framework import (
 )
 from . import storage as store
 from .backend import SkyflowBackend
-from .client import ASSERTION_LIFETIME, CTX_KEY
+from .client import ACCESS_TOKEN_LIFETIME, CTX_KEY
 from .ctx_policy import CTX_MODES, MAX_CTX_KEYS, check_template
 from .storage import RoleEntry, utc_now
 from .telemetry import ROLE_DELETE, ROLE_LIST, ROLE_READ, ROLE_WRITE
@@ -53,7 +53,7 @@ def check_printable(text: str) -> None:
             raise ValueError(f"contains the unprintable character U+{ord(char):04X}")
 
 
-TOKEN_LIFETIME = ASSERTION_LIFETIME  # Skyflow bearer tokens live 60 minutes
+TOKEN_LIFETIME = ACCESS_TOKEN_LIFETIME  # Skyflow bearer tokens live 60 minutes
 
 
 def validate_role_ids(ids: list[str]) -> None:
