@@ -118,7 +118,7 @@ def test_config_errors_from_skyflow(
         [
             Case(
                 ("write", f"{path}/config", f"credentials_json=@{account_file}"),
-                ("Code: 400", "Skyflow rejected these credentials", "request id"),
+                ("Code: 400", "Skyflow token request failed: rejected", "request id"),
             )
         ],
     )
@@ -210,7 +210,7 @@ def test_creds_errors_from_skyflow(
         [
             Case(
                 ("read", f"{mount}/creds/fresh"),
-                ("Code: 502", "Skyflow rejected the token request (HTTP 401", "request id"),
+                ("Code: 502", "Skyflow token request failed: rejected (HTTP 401", "request id"),
             )
         ],
     )

@@ -160,7 +160,7 @@ def test_rejected_credentials_say_so_once(
         stack.admin.reset()
     assert refused.returncode == 2
     assert refused.stderr.count("rejected") == 1, refused.stderr
-    assert "Skyflow rejected the token request (HTTP 401" in refused.stderr
+    assert "Skyflow token request failed: rejected (HTTP 401" in refused.stderr
 
 
 def test_switching_client_warns_in_the_cli(

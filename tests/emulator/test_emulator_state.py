@@ -53,7 +53,9 @@ async def test_restart_keeps_ca_accounts_port_and_signing_key(emulator: Emulator
     assert Path(emulator.account_files[0]).read_bytes() == file_before
     assert emulator.url == url_before  # the accounts' tokenURI still points at it
     clients = {a["clientID"] for a in emulator.admin.accounts()}
-    first = load_credentials_file(emulator.account_files[0])
+    first = load_credentials_file(
+        emulator.account_files[0], root=os.path.dirname(emulator.account_files[0])
+    )
     assert clients == {first.client_id, extra.client_id}
     # Clients configured before the restart keep working, trusting the same CA file.
     async with TokenClient(POLICY, verify=trusting(emulator.ca_file)) as client:
@@ -84,8 +86,9 @@ async def test_rotate_a_key_then_revoke_the_old_one(emulator: EmulatorProcess) -
         await client.exchange(old, ["r1"])  # both keys work during the rotation
         await client.exchange(new, ["r1"])
         assert emulator.admin.revoke_key(old.client_id, old.key_id) == [new.key_id]
-        with pytest.raises(SkyflowRejected, match="key ID does not match"):
+        with pytest.raises(SkyflowRejected, match=r"rejected \(HTTP 401") as refused:
             await client.exchange(old, ["r1"])
+        assert "key ID does not match" in (refused.value.skyflow_message or "")  # for the log
         await client.exchange(new, ["r1"])
     key_ids = [r["claims"]["key"] for r in emulator.admin.stats()["requests"]]
     assert key_ids[-3:] == [old.key_id, new.key_id, new.key_id]

@@ -244,15 +244,13 @@ async def test_unhealthy_answer_carries_errors_naming_the_fix(
     rejected = await client.read("health")
     assert rejected.status == 503
     assert len(rejected.errors) == 1
-    assert rejected.errors[0].startswith("skyflow: token exchange failed: Skyflow rejected")
-    assert (
-        "check in Skyflow that the service account's key (keyID) is active" in (rejected.errors[0])
-    )
+    assert rejected.errors[0].startswith("skyflow: Skyflow token request failed: rejected")
+    assert "once the key is active in Skyflow, write the config again" in rejected.errors[0]
     assert rejected.data["healthy"] is False  # the data is still there for curl
 
     emulator.state.set_faults(Faults(fail_status=503))
     unavailable = await client.read("health")
-    assert "check this node's network path to the tokenURI host" in unavailable.errors[0]
+    assert "see docs/operations.md, Troubleshooting" in unavailable.errors[0]
 
 
 async def test_unhealthy_code_overrides_the_status(

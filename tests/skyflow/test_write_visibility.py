@@ -28,6 +28,7 @@ from skyflow_vault_plugin.sdk.testing import DirectDriver, InMemoryStorage, Plug
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend, build_backend
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.cache import ByteBudget
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
@@ -113,10 +114,18 @@ def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def open_mount(
-    emulator: InProcessEmulator, view: StaticSystemView | None = None
+    emulator: InProcessEmulator,
+    view: StaticSystemView | None = None,
+    credentials_dir: Path | None = None,
 ) -> AsyncIterator[Mount]:
     storage = GatedStorage()
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY, budget=ByteBudget())
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=POLICY,
+        budget=ByteBudget(),
+        allowed_token_hosts=TokenHosts.parse("emulator.test"),
+        credentials_dir=str(credentials_dir) if credentials_dir else None,
+    )
     config = BackendConfig(storage=storage, system_view=view or StaticSystemView())
     engine = SkyflowBackend(config, settings)
     backend = build_backend(engine, config)
@@ -354,9 +363,11 @@ async def test_a_credentials_file_holding_another_account_drops_the_tokens(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    key_file = tmp_path / "sa.json"
+    mount_dir = tmp_path / "skyflow" / "a"  # the mount's directory under SKYFLOW_CREDENTIALS_DIR
+    mount_dir.mkdir(parents=True)
+    key_file = mount_dir / "sa.json"
     key_file.write_text(json.dumps(creds))
-    async with open_mount(emulator) as mount:
+    async with open_mount(emulator, credentials_dir=tmp_path) as mount:
         client = mount.client
         written = await client.write(
             "config", {"credentials_file_path": str(key_file), "validate_credentials": False}

@@ -59,13 +59,10 @@ HEALTH_FIELDS = {
 
 _FIX_STORAGE = "the server's storage is failing: see the server log"
 _FIX_CONFIG = "write the mount's config again with working credentials"
-_FIX_REJECTED = (
-    "check in Skyflow that the service account's key (keyID) is active, then write the config again"
-)
-_FIX_UNAVAILABLE = (
-    "check this node's network path to the tokenURI host and Skyflow's status; see "
-    "docs/operations.md, Troubleshooting"
-)
+# The upstream error's own text already names the category and what to check; these add
+# only what the health check knows on top of it.
+_FIX_REJECTED = "once the key is active in Skyflow, write the config again"
+_FIX_UNAVAILABLE = "see docs/operations.md, Troubleshooting"
 
 
 def _check(ok: bool, message: str, **details: Any) -> dict[str, Any]:
@@ -128,7 +125,7 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
                 checks["skyflow"] = _check(True, "a token was obtained", cached=False)
             except SkyflowError as exc:
                 status = getattr(exc, "status", None)
-                checks["skyflow"] = _check(False, f"token exchange failed: {exc}", status=status)
+                checks["skyflow"] = _check(False, str(exc), status=status)
                 rejected = isinstance(exc, SkyflowRejected)
                 fixes["skyflow"] = _FIX_REJECTED if rejected else _FIX_UNAVAILABLE
 
