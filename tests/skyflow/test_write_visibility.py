@@ -28,9 +28,9 @@ from skyflow_vault_plugin.sdk.testing import DirectDriver, InMemoryStorage, Plug
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend, build_backend
-from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.cache import ByteBudget
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
 
 POLICY = ExchangePolicy(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_attempts=1)
