@@ -1,9 +1,15 @@
 """The operator's path on a real OpenBao: ``skyflow-vault-plugin install``, then exactly the
-commands it prints; and a tampered install that OpenBao cannot start."""
+commands it prints; registration mistakes and how to clean them up; installs that OpenBao
+cannot start, and what the operator sees then.
+
+The server runs at log level ``info`` (the default), so what the tests find in its log is
+what an operator finds.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -17,10 +23,12 @@ import skyflow_vault_plugin
 from skyflow_vault_plugin.devtools.client import BaoError
 from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, plugin_pids, poll_until
 from skyflow_vault_plugin.emulator import EmulatorProcess
-from skyflow_vault_plugin.install import install
+from skyflow_vault_plugin.install import Installation, install
 
 SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"
 PACKAGE = Path(skyflow_vault_plugin.__file__).resolve().parent
+REAL_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+WRONG_SHA256 = "0" * 64
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +38,53 @@ def servers(
     work = tmp_path_factory.mktemp("install-e2e")
     with (
         EmulatorProcess(state_dir=work / "emulator") as emulator,
-        OpenBaoServer.dev(work / "bao") as bao,
+        OpenBaoServer.dev(work / "bao", log_level="info") as bao,
     ):
         yield bao, emulator
 
 
 def _printed_commands(stdout: str, cli: str) -> list[list[str]]:
     return [shlex.split(line) for line in stdout.splitlines() if line.startswith(f"  {cli} ")]
+
+
+def _catalog_versions(bao: OpenBaoServer, name: str) -> list[str]:
+    """The versions ``bao plugin list -detailed`` shows for ``name`` ("n/a": unversioned)."""
+    listed = bao.cli("plugin", "list", "-detailed", "secret", check=True).stdout
+    return sorted(line.split()[2] for line in listed.splitlines() if line.split()[:1] == [name])
+
+
+def _copy_install(
+    bao: OpenBaoServer, emulator: EmulatorProcess, tmp_path: Path, name: str, **kwargs: str
+) -> tuple[Path, Installation]:
+    """Install a copy of the package (so the test may tamper with it) and register it with
+    the command ``install`` prints."""
+    copy = tmp_path / "src" / "skyflow_vault_plugin"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    installed = install(
+        bao.plugin_dir,
+        name,
+        package_dir=copy,
+        env=[f"SSL_CERT_FILE={emulator.ca_file}"],
+        **kwargs,  # type: ignore[arg-type]
+    )
+    bao.cli(*installed.bao_register_argv()[1:], check=True)
+    return copy, installed
+
+
+def _serve_tokens(bao: OpenBaoServer, emulator: EmulatorProcess, mount: str) -> None:
+    client = bao.client()
+    account = emulator.admin.create_account(f"{mount}-sa")
+    client.write(f"{mount}/config", {"credentials_json": json.dumps(account)})
+    client.write(f"{mount}/roles/r", {"role_ids": "r1"})
+    assert client.read(f"{mount}/creds/r")["data"]["token_type"] == "Bearer"
+
+
+def _logged(bao: OpenBaoServer, text: str) -> str:
+    def found() -> str | None:
+        log = bao.log_path.read_text(errors="replace")
+        return log if text in log else None
+
+    return poll_until(found, timeout=20, message=f"{text!r} in the server log")
 
 
 @pytest.mark.e2e
@@ -60,76 +108,196 @@ def test_install_then_the_printed_commands_serve_tokens(
         timeout=120,
         check=True,
     )
-    register, enable = _printed_commands(done.stdout, "bao")
+    register, info, enable = _printed_commands(done.stdout, "bao")
     assert register[:3] == ["bao", "write", "sys/plugins/catalog/secret/skyflow"]
-    assert enable == ["bao", "secrets", "enable", "-path=skyflow/insurance", "skyflow"]
-    for argv in (register, enable):
+    assert "version=v0.1.0" in register
+    assert info == ["bao", "plugin", "info", "-version=v0.1.0", "secret", "skyflow"]
+    assert enable == [
+        "bao",
+        "secrets",
+        "enable",
+        "-path=skyflow/insurance",
+        "-plugin-version=v0.1.0",
+        "skyflow",
+    ]
+    shown = {}
+    for argv in (register, info, enable):
         ran = bao.cli(*argv[1:])
         assert ran.returncode == 0, ran.stderr
+        shown[argv[2]] = ran.stdout
 
     sha256 = register[3].removeprefix("sha256=")
+    assert sha256 in shown["info"]  # what the printed check shows the operator
     entry = bao.client().plugin_info("skyflow", version="v0.1.0")
     assert entry["sha256"] == sha256
     assert entry["command"] == "skyflow"
+    assert _catalog_versions(bao, "skyflow") == ["v0.1.0"]
     assert bao.client().mounts()["skyflow/insurance/"]["running_plugin_version"] == "v0.1.0"
+    _serve_tokens(bao, emulator, "skyflow/insurance")
 
-    client = bao.client()
-    account = emulator.admin.create_account("install-e2e")
-    client.write("skyflow/insurance/config", {"credentials_json": json.dumps(account)})
-    client.write("skyflow/insurance/roles/producer", {"role_ids": "r1"})
-    data = client.read("skyflow/insurance/creds/producer")["data"]
-    assert data["token_type"] == "Bearer"
-    assert data["expires_in"] > 3000
-
-    # The plugin process is the launcher, run by the virtualenv's interpreter in isolated mode.
+    # The plugin process is the launcher, run by the real interpreter (not the virtualenv's
+    # bin/python link) in isolated mode.
     (pid,) = plugin_pids(bao, bao.plugin_dir / "skyflow")
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[:3] == [
-        sys.executable.encode(),
+        REAL_PYTHON.encode(),
         b"-IS",
         str(bao.plugin_dir / "skyflow").encode(),
     ]
 
 
 @pytest.mark.e2e
-def test_openbao_cannot_start_a_tampered_install(
+def test_a_wrong_sha256_and_how_to_clean_it_up(
+    servers: tuple[OpenBaoServer, EmulatorProcess], tmp_path: Path
+) -> None:
+    """No registration form refuses a wrong sha256 on OpenBao 2.7.2: the server runs the
+    file to ask its version, logs the failure as a warning and stores the entry anyway. The
+    versioned form ``install`` prints keeps the mistake on one entry, which registering the
+    right sha256 replaces; the unversioned form leaves a second entry that only
+    ``plugin deregister`` removes."""
+    bao, emulator = servers
+    _, installed = _copy_install(bao, emulator, tmp_path, "sky-reg")
+    client = bao.client()
+
+    # 1. The printed (versioned) form with a wrong sha256: accepted, one entry, warned in
+    #    the log at the default level; enabling fails and names the cause.
+    wrong = [
+        f"sha256={WRONG_SHA256}" if a.startswith("sha256=") else a
+        for a in installed.bao_register_argv()
+    ]
+    assert bao.cli(*wrong[1:]).returncode == 0
+    assert _catalog_versions(bao, "sky-reg") == ["v0.1.0"]
+    log = _logged(bao, "Error determining plugin version")
+    assert "[WARN]" in log
+    assert "checksums did not match" in log
+    with pytest.raises(BaoError) as failed:
+        client.enable_secrets("reg-a", "sky-reg", version="v0.1.0")
+    assert failed.value.status == 400
+    assert "checksums did not match" in " ".join(failed.value.errors)
+    # Registering the right sha256 again fixes it.
+    bao.cli(*installed.bao_register_argv()[1:], check=True)
+    assert _catalog_versions(bao, "sky-reg") == ["v0.1.0"]
+    assert WRONG_SHA256 not in bao.cli(*installed.info_argv()[1:], check=True).stdout
+    client.enable_secrets("reg-a", "sky-reg", version="v0.1.0")
+
+    # 2. The unversioned form with a wrong sha256 adds a second entry ("n/a"), which the
+    #    next unversioned `secrets enable` picks, and which survives a correct registration.
+    unversioned = ["write", "sys/plugins/catalog/secret/sky-reg", f"sha256={WRONG_SHA256}"]
+    assert bao.cli(*unversioned, "command=sky-reg").returncode == 0
+    assert _catalog_versions(bao, "sky-reg") == ["n/a", "v0.1.0"]
+    enabled = bao.cli("secrets", "enable", "-path=reg-b", "sky-reg")
+    assert enabled.returncode == 2
+    assert "checksums did not match" in enabled.stderr
+    bao.cli(*installed.bao_register_argv()[1:], check=True)
+    assert _catalog_versions(bao, "sky-reg") == ["n/a", "v0.1.0"]
+    # `plugin deregister` without -version removes exactly the unversioned entry.
+    bao.cli("plugin", "deregister", "secret", "sky-reg", check=True)
+    assert _catalog_versions(bao, "sky-reg") == ["v0.1.0"]
+    bao.cli("secrets", "enable", "-path=reg-b", "sky-reg", check=True)
+    _serve_tokens(bao, emulator, "reg-b")
+
+    # 3. A versioned entry goes with -version (once no mount uses it).
+    for mount in ("reg-a", "reg-b"):
+        client.disable_secrets(mount)
+    bao.cli("plugin", "deregister", "-version=v0.1.0", "secret", "sky-reg", check=True)
+    assert _catalog_versions(bao, "sky-reg") == []
+
+
+@pytest.mark.e2e
+def test_an_absolute_command_is_refused(
+    servers: tuple[OpenBaoServer, EmulatorProcess], tmp_path: Path
+) -> None:
+    """The rule docs/operations.md states: command is a file name inside plugin_directory."""
+    bao, emulator = servers
+    _, installed = _copy_install(bao, emulator, tmp_path, "sky-abs")
+    absolute = [
+        f"command={installed.path}" if a.startswith("command=") else a
+        for a in installed.bao_register_argv()
+    ]
+    ran = bao.cli(*absolute[1:])
+    assert ran.returncode == 2
+    assert "Code: 500" in ran.stderr
+    assert "error while validating the command path: lstat" in ran.stderr
+
+
+@pytest.mark.e2e
+def test_openbao_cannot_start_a_tampered_install_and_says_why(
     servers: tuple[OpenBaoServer, EmulatorProcess], tmp_path: Path
 ) -> None:
     bao, emulator = servers
-    copy = tmp_path / "src" / "skyflow_vault_plugin"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    installed = install(
-        bao.plugin_dir, "skyflow-copy", package_dir=copy, env=[f"SSL_CERT_FILE={emulator.ca_file}"]
-    )
-    bao.cli(*installed.bao_register_argv()[1:], check=True)
+    copy, installed = _copy_install(bao, emulator, tmp_path, "skyflow-copy")
     client = bao.client()
-    client.enable_secrets("copy", "skyflow-copy")
-    account = emulator.admin.create_account("tamper-e2e")
-    client.write("copy/config", {"credentials_json": json.dumps(account)})
-    client.write("copy/roles/r", {"role_ids": "r1"})
-    assert client.read("copy/creds/r")["data"]["token_type"] == "Bearer"
+    bao.cli(*installed.enable_argv("copy")[1:], check=True)
+    _serve_tokens(bao, emulator, "copy")
 
     # Someone edits an installed module; the running process is not affected, but the next
     # process the server starts (reload, crash, restart, new mount) refuses to run.
     target = copy / "skyflow" / "path_creds.py"
     target.write_text(target.read_text() + "\n# edited after install\n")
+    reason = f"skyflow-vault-plugin: refusing to start: {target} changed since it was installed"
     with pytest.raises(BaoError) as reload_failed:
         client.reload_plugin("skyflow-copy")
     with pytest.raises(BaoError) as enable_failed:
         client.enable_secrets("copy2", "skyflow-copy")
     for failed in (reload_failed, enable_failed):
         assert failed.value.status == 400
-        assert "Unrecognized remote plugin message" in " ".join(failed.value.errors)
+        text = " ".join(failed.value.errors)
+        # go-plugin quotes the first line the plugin wrote: the launcher's reason.
+        assert f"Unrecognized remote plugin message: {reason}" in text
+    # The CLI shows the same.
+    enabled = bao.cli(*installed.enable_argv("copy3")[1:])
+    assert enabled.returncode == 2
+    assert f"Unrecognized remote plugin message: {reason}" in enabled.stderr
 
-    def refusal_logged() -> str | None:
-        text = bao.log_path.read_text(errors="replace")
-        return text if "refusing to start" in text else None
+    # The server log, at its default level, has the launcher's reason as an error.
+    log = _logged(bao, reason)
+    lines = [x for x in log.splitlines() if reason in x]
+    assert any("[ERROR]" in x and "fix=" in x and "skyflow-copy" in x for x in lines), lines
+    # A mount that existed before the failed reload answers as if nothing were there: the
+    # host has no backend for it (the CLI prints "No value found at copy/creds/r").
+    with pytest.raises(BaoError) as read_failed:
+        client.read("copy/creds/r")
+    assert read_failed.value.status == 404
+    shown = bao.cli("read", "copy/creds/r")
+    assert (shown.returncode, shown.stderr.strip()) == (2, "No value found at copy/creds/r")
 
-    log = poll_until(refusal_logged, timeout=20, message="the plugin's refusal in the log")
-    assert f"{target} changed since it was installed" in log
     # Run by hand, the installed file says what is wrong.
     by_hand = subprocess.run(
         [str(installed.path)], capture_output=True, text=True, timeout=60, check=False
     )
     assert by_hand.returncode == 3
-    assert f"{target} changed since it was installed" in by_hand.stderr
+    assert reason in by_hand.stderr
+
+
+@pytest.mark.e2e
+def test_a_pth_file_planted_next_to_the_interpreter_stops_the_plugin(
+    servers: tuple[OpenBaoServer, EmulatorProcess], tmp_path: Path
+) -> None:
+    """The launcher checks the interpreter's identity before it imports anything from the
+    standard library's directories."""
+    bao, emulator = servers
+    python = tmp_path / "py" / "bin" / Path(REAL_PYTHON).name
+    python.parent.mkdir(parents=True)
+    shutil.copy2(REAL_PYTHON, python)
+    stdlib = subprocess.run(
+        [str(python), "-IS", "-c", "import sys; print('\\n'.join(sys.path))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    _, installed = _copy_install(bao, emulator, tmp_path, "sky-pth", python=str(python))
+    bao.cli(*installed.enable_argv("pth")[1:], check=True)
+    _serve_tokens(bao, emulator, "pth")
+
+    extra = tmp_path / "planted"
+    extra.mkdir()
+    (python.parent / f"{python.name}._pth").write_text("\n".join([*stdlib, str(extra)]) + "\n")
+    with pytest.raises(BaoError) as failed:
+        bao.client().reload_plugin("sky-pth")
+    text = " ".join(failed.value.errors)
+    assert "refusing to start: the interpreter is not the one the plugin was installed with" in text
+    assert "sys.path" in text
+    log = _logged(bao, "the interpreter is not the one the plugin was installed with")
+    assert any(
+        "[ERROR]" in x and "python3.X._pth" in x and "sky-pth" in x for x in log.splitlines()
+    )
