@@ -535,3 +535,62 @@ def test_metadata_shows_only_pinned_distributions_and_files(
     # A plain interpreter would list evil and sneaky too (OpenTelemetry loads such entry
     # points by name from OTEL_* variables).
     assert "entry points: ['good']" in ran.stdout
+
+
+# -- the lock file ---------------------------------------------------------------------------------
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+PYPROJECT = LOCK.parent / "pyproject.toml"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """``{canonical name: (version, [sha256 hashes])}`` from requirements.lock."""
+    import re
+
+    from packaging.utils import canonicalize_name
+
+    locked: dict[str, tuple[str, list[str]]] = {}
+    current = ""
+    for line in LOCK.read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if pinned:
+            current = canonicalize_name(pinned.group(1))
+            locked[current] = (pinned.group(2), [])
+            continue
+        digest = re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line)
+        if digest:
+            locked[current][1].append(digest.group(1))
+        else:
+            assert not line.strip() or line.lstrip().startswith("#"), f"unexpected: {line!r}"
+    return locked
+
+
+def test_the_lock_pins_exactly_the_runtime_dependencies_with_hashes() -> None:
+    """CI's check that requirements.lock is current, without the network: it pins every
+    runtime dependency (and nothing else) to a version pyproject allows, with hashes, and the
+    test virtualenv (made from it by `make venv`) runs exactly those versions."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = _locked()
+    assert all(hashes for _, hashes in locked.values()), "every pin needs --hash (make lock)"
+    declared = [
+        Requirement(r) for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    ]
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is in pyproject but not in the lock: run `make lock`"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"the lock pins {name}=={version}, outside pyproject's {requirement}: `make lock`"
+        )
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in runtime_distributions()
+        if d.metadata["Name"] != "skyflow-vault-plugin"
+    }
+    assert installed == {name: version for name, (version, _) in locked.items()}, (
+        "the runtime closure differs from requirements.lock: `make lock`, then `make venv`"
+    )

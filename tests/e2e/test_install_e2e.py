@@ -301,3 +301,132 @@ def test_a_pth_file_planted_next_to_the_interpreter_stops_the_plugin(
     assert any(
         "[ERROR]" in x and "python3.X._pth" in x and "sky-pth" in x for x in log.splitlines()
     )
+
+
+# -- fresh production installs: reproducible, on every supported Python -----------------------
+
+REPO = Path(__file__).resolve().parents[2]
+LOCK = REPO / "requirements.lock"
+SUPPORTED = ("3.11", "3.12", "3.13")
+
+
+def find_interpreter(version: str) -> str | None:
+    """The real binary of Python ``version``: ``pythonX.Y`` on PATH if it runs (a pyenv shim
+    only runs for an activated version), else the newest pyenv build; ``None`` if absent."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    builds = sorted(
+        root.glob(f"{version}.*/bin/python{version}"),
+        key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()],
+    )
+    candidates = [shutil.which(f"python{version}"), *[str(b) for b in reversed(builds)]]
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print(sys.executable)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return os.path.realpath(probe.stdout.strip())
+    return None
+
+
+@pytest.fixture(scope="module")
+def project_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project built as a wheel from a copy of its sources (an in-tree build would write
+    into the repository). The build prints no deprecation warning."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO / "src", source / "src", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(work), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert "Deprecat" not in built.stdout + built.stderr
+    (wheel,) = work.glob("skyflow_vault_plugin-*.whl")
+    return wheel
+
+
+def fresh_install(python: str, prefix: Path, plugins: Path, wheel: Path, name: str) -> str:
+    """The documented production install at ``prefix``; returns ``install``'s stdout.
+
+    The virtualenv is made without pip and filled by this virtualenv's pip (``--python``):
+    the same files as the venv's own pip would install, without a minute of ensurepip.
+    """
+    shutil.rmtree(prefix, ignore_errors=True)
+    subprocess.run([python, "-m", "venv", "--without-pip", str(prefix)], check=True, timeout=120)
+    pip = [sys.executable, "-m", "pip", "--python", str(prefix / "bin" / "python"), "install"]
+    for args in (["--require-hashes", "-r", str(LOCK)], ["--no-deps", str(wheel)]):
+        done = subprocess.run(
+            [*pip, "-q", "--no-compile", *args], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+    command = [str(prefix / "bin" / "skyflow-vault-plugin"), "install"]
+    command += ["--plugin-dir", str(plugins), "--name", name, "--mount", f"{name}/unit"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def _serve_from_printed(
+    printed: str, name: str, python: str, servers: tuple[OpenBaoServer, EmulatorProcess]
+) -> None:
+    """Register, mount, configure and mint with the commands ``install`` printed."""
+    bao, emulator = servers
+    assert f"runs {python} and pins" in printed
+    register, _, enable = _printed_commands(printed, "bao")
+    bao.cli(*register[1:], f"env=SSL_CERT_FILE={emulator.ca_file}", check=True)
+    bao.cli(*enable[1:], check=True)
+    _serve_tokens(bao, emulator, f"{name}/unit")
+    (pid,) = plugin_pids(bao, bao.plugin_dir / name)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == python.encode()
+
+
+def _sha256_of(stdout: str) -> str:
+    (line,) = [x for x in stdout.splitlines() if x.startswith("sha256: ")]
+    return line.removeprefix("sha256: ")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_fresh_installs_from_the_lock_at_one_prefix_have_one_sha256(
+    tmp_path: Path, project_wheel: Path, servers: tuple[OpenBaoServer, EmulatorProcess]
+) -> None:
+    """What makes an HA cluster work: every node installs at the same prefix from the same
+    lock, and the launchers are byte for byte the same (pip's byte-code, RECORD and
+    INSTALLER files, which may differ, are not pinned). Then the install serves tokens."""
+    python = find_interpreter("3.11") or REAL_PYTHON
+    prefix, plugins = tmp_path / "opt" / "skyflow", servers[0].plugin_dir
+    first = fresh_install(python, prefix, plugins, project_wheel, "sky-node")
+    launcher_bytes = (plugins / "sky-node").read_bytes()
+    (plugins / "sky-node").unlink()
+    second = fresh_install(python, prefix, plugins, project_wheel, "sky-node")
+    assert _sha256_of(second) == _sha256_of(first)
+    assert (plugins / "sky-node").read_bytes() == launcher_bytes
+    _serve_from_printed(second, "sky-node", python, servers)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("version", [v for v in SUPPORTED if v != "3.11"])
+def test_fresh_install_serves_tokens_on_each_supported_python(
+    version: str,
+    servers: tuple[OpenBaoServer, EmulatorProcess],
+    tmp_path: Path,
+    project_wheel: Path,
+) -> None:
+    """3.11 runs the test above; these are the others the README lists."""
+    python = find_interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version}: not on PATH as python{version}, not under pyenv")
+    name = f"sky-py{version.replace('.', '')}"
+    printed = fresh_install(python, tmp_path / "venv", servers[0].plugin_dir, project_wheel, name)
+    _serve_from_printed(printed, name, python, servers)
