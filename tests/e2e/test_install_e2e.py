@@ -29,6 +29,20 @@ SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"
 PACKAGE = Path(skyflow_vault_plugin.__file__).resolve().parent
 REAL_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
 WRONG_SHA256 = "0" * 64
+TROUBLESHOOTING = (
+    (Path(__file__).resolve().parents[2] / "docs" / "operations.md")
+    .read_text()
+    .split("## Troubleshooting", 1)[1]
+    .replace("&lt;", "<")
+    .replace("&gt;", ">")
+)
+
+
+def documented(message: str) -> str:
+    """``message``, after checking that docs/operations.md's troubleshooting table quotes it:
+    the tests then find it in what the server or the CLI shows."""
+    assert message in TROUBLESHOOTING, f"the troubleshooting table does not quote {message!r}"
+    return message
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +187,7 @@ def test_a_wrong_sha256_and_how_to_clean_it_up(
     with pytest.raises(BaoError) as failed:
         client.enable_secrets("reg-a", "sky-reg", version="v0.1.0")
     assert failed.value.status == 400
-    assert "checksums did not match" in " ".join(failed.value.errors)
+    assert documented("checksums did not match") in " ".join(failed.value.errors)
     # Registering the right sha256 again fixes it.
     bao.cli(*installed.bao_register_argv()[1:], check=True)
     assert _catalog_versions(bao, "sky-reg") == ["v0.1.0"]
@@ -217,7 +231,7 @@ def test_an_absolute_command_is_refused(
     ran = bao.cli(*absolute[1:])
     assert ran.returncode == 2
     assert "Code: 500" in ran.stderr
-    assert "error while validating the command path: lstat" in ran.stderr
+    assert documented("error while validating the command path: lstat") in ran.stderr
 
 
 @pytest.mark.e2e
@@ -243,6 +257,7 @@ def test_openbao_cannot_start_a_tampered_install_and_says_why(
         assert failed.value.status == 400
         text = " ".join(failed.value.errors)
         # go-plugin quotes the first line the plugin wrote: the launcher's reason.
+        assert documented("Unrecognized remote plugin message: skyflow-vault-plugin: refusing")
         assert f"Unrecognized remote plugin message: {reason}" in text
     # The CLI shows the same.
     enabled = bao.cli(*installed.enable_argv("copy3")[1:])
@@ -259,6 +274,7 @@ def test_openbao_cannot_start_a_tampered_install_and_says_why(
         client.read("copy/creds/r")
     assert read_failed.value.status == 404
     shown = bao.cli("read", "copy/creds/r")
+    assert documented("No value found at <path>")
     assert (shown.returncode, shown.stderr.strip()) == (2, "No value found at copy/creds/r")
 
     # Run by hand, the installed file says what is wrong.
