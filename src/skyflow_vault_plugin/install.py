@@ -13,8 +13,11 @@ Files written into the plugin directory ``DIR`` for ``--name NAME``:
 * ``DIR/.NAME.bytecode`` -- the byte-code of every pinned Python file, compiled at install
   time; the launcher runs this, never ``__pycache__``.
 
-Nothing is copied out of the virtualenv: the launcher runs the virtualenv's interpreter, so
-the virtualenv must stay where it is (on every node of a cluster, at the same path).
+Nothing is copied out of the virtualenv: the launcher runs the interpreter the virtualenv was
+made from (the binary itself, so that no file of the virtualenv is read before verification)
+with the virtualenv's pinned directories on ``sys.path``. The virtualenv must stay where it
+is (on every node of a cluster, at the same path), and the runtime dependencies should come
+from ``requirements.lock`` so that every node pins the same bytes.
 """
 
 from __future__ import annotations
