@@ -26,8 +26,8 @@ When run, :func:`run`:
 3. puts only the manifest's directories after the standard library on ``sys.path``;
 4. installs an import hook for those directories: only manifest files load. Python modules
    run from the pinned byte-code, hashed again as it is loaded; extension modules are read
-   once, hashed, and loaded from a sealed in-memory copy of exactly those bytes (so
-   swapping the file after the check changes nothing). Nothing is loaded from
+   once (in step 2), and loaded from a sealed in-memory copy of exactly the bytes that were
+   hashed (so swapping the file after the check changes nothing). Nothing is loaded from
    ``__pycache__``, whose files nobody pins;
 5. limits ``importlib.metadata`` to the pinned distributions, and to their pinned files: a
    planted ``*.dist-info`` (entry points, which OpenTelemetry reads) is invisible;
@@ -190,6 +190,9 @@ class Pinned:
         self.files: dict[str, str] = {}
         self.code: dict[str, tuple[int, int, str]] = {}
         self.dist_dirs: set[str] = set()
+        # Extension modules as read and hashed by verify(), until they are imported: the
+        # bytes loaded are the bytes checked, read once.
+        self.native: dict[str, bytes] = {}
         for root_index, rel, digest, code in manifest["files"]:
             path = f"{self.roots[root_index]}/{rel}"
             self.files[path] = digest
@@ -211,9 +214,18 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
     Raises:
         IntegrityError: naming the first file that is missing or differs.
     """
+    import hashlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    native = tuple(EXTENSION_SUFFIXES)
     count = size = 0
     for path, expected in pinned.files.items():
-        found, length = _hash_checked(path)
+        if path.endswith(native):
+            data = _read_checked(path)
+            found, length = hashlib.sha256(data).hexdigest(), len(data)
+            pinned.native[path] = data
+        else:
+            found, length = _hash_checked(path)
         if found != expected:
             raise IntegrityError(
                 f"{path} changed since it was installed "
@@ -236,6 +248,15 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
 def _hash_checked(path: str) -> tuple[str, int]:
     try:
         return hash_file(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{path} is missing (it was there at install time)") from None
+    except OSError as exc:
+        raise IntegrityError(f"{path} cannot be read: {exc.strerror}") from None
+
+
+def _read_checked(path: str) -> bytes:
+    try:
+        return read_file(path)
     except FileNotFoundError:
         raise IntegrityError(f"{path} is missing (it was there at install time)") from None
     except OSError as exc:
@@ -327,11 +348,13 @@ def install_import_hook(pinned: Pinned, bytecode_fd: int) -> None:
             expected = pinned.files.get(path)
             if expected is None:
                 raise refuse(path)
-            # Hash and load the same bytes: loading by path after checking it would let the
-            # file be swapped in between.
-            data = read_file(path)
-            if hashlib.sha256(data).hexdigest() != expected:
-                raise NotPinned(f"{path} changed since it was installed", path=path)
+            # Load the bytes that were hashed: loading by path after checking it would let
+            # the file be swapped in between.
+            data = pinned.native.pop(path, None)
+            if data is None:  # imported a second time, e.g. under another name
+                data = read_file(path)
+                if hashlib.sha256(data).hexdigest() != expected:
+                    raise NotPinned(f"{path} changed since it was installed", path=path)
             copy = ModuleSpec(spec.name, self, origin=sealed_copy(path.rpartition("/")[2], data))
             module: ModuleType = _imp.create_dynamic(copy)
             module.__file__ = path
