@@ -152,17 +152,15 @@ def hash_file(path: str) -> tuple[str, int]:
 
 
 def read_file(path: str) -> bytes:
-    """The whole content of a file, read through one descriptor."""
+    """The whole content of a file, read through one descriptor (one read when it can)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        parts: list[bytes] = []
-        offset = 0
-        while True:
-            chunk = os.pread(fd, _CHUNK, offset)
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-            offset += len(chunk)
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        while True:  # grown since the fstat, or a short read
+            more = os.pread(fd, _CHUNK, len(data))
+            if not more:
+                return data
+            data += more
     finally:
         os.close(fd)
 
