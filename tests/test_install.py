@@ -616,3 +616,10 @@ def test_the_lock_pins_exactly_the_runtime_dependencies_with_hashes() -> None:
     assert installed == {name: version for name, (version, _) in locked.items()}, (
         "the runtime closure differs from requirements.lock: `make lock`, then `make venv`"
     )
+
+
+def test_the_launcher_knows_the_host_cookie() -> None:
+    """The launcher is standard library only, so it repeats the go-plugin cookie."""
+    from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+
+    assert launcher.HOST_COOKIE == (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
