@@ -4,15 +4,28 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv proto proto-check lint typecheck test test-unit test-e2e demo demo-stop bench clean
+LOCK := requirements.lock
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe \
+	--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+.PHONY: venv lock lock-upgrade proto proto-check lint typecheck test test-unit test-e2e demo demo-stop bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The runtime dependencies come from the lock, as in production; then the project and its
+# dev tools (which must not move a locked version: tests/test_install.py checks).
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
+
+lock: venv  ## rewrite requirements.lock after a change of pyproject's dependencies
+	$(PIP_COMPILE)
+
+lock-upgrade: venv  ## move every locked runtime dependency to its newest allowed version
+	$(PIP_COMPILE) --upgrade
 
 proto: venv  ## regenerate the protobuf/grpclib modules
 	scripts/gen_proto.sh

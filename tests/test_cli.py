@@ -104,17 +104,21 @@ def test_install_prints_the_sha256_and_commands_that_register_and_mount(tmp_path
         "sys/plugins/catalog/secret/skyflow",
         f"sha256={digest}",
         "command=skyflow",
+        "version=v0.1.0",
         "env=SSL_CERT_FILE=/etc/ssl/skyflow ca.pem",
         "env=ENV=prod",
     ] in commands
-    assert ["bao", "secrets", "enable", "-path=skyflow/insurance", "skyflow"] in commands
-    assert ["bao", "secrets", "enable", "-path=skyflow/lending", "skyflow"] in commands
+    for mount in ("skyflow/insurance", "skyflow/lending"):
+        enable = ["bao", "secrets", "enable", f"-path={mount}", "-plugin-version=v0.1.0"]
+        assert [*enable, "skyflow"] in commands
+    assert ["bao", "plugin", "info", "-version=v0.1.0", "secret", "skyflow"] in commands
     assert [
         "vault",
         "plugin",
         "register",
         f"-sha256={digest}",
         "-command=skyflow",
+        "-version=v0.1.0",
         "-env=SSL_CERT_FILE=/etc/ssl/skyflow ca.pem",
         "-env=ENV=prod",
         "secret",

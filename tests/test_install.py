@@ -20,6 +20,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -39,6 +40,13 @@ from skyflow_vault_plugin.install import (
 )
 
 PACKAGE = Path(skyflow_vault_plugin.__file__).resolve().parent
+REAL_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+STDLIB_PATH = subprocess.run(
+    [REAL_PYTHON, "-IS", "-c", "import sys; print('\\n'.join(sys.path))"],
+    capture_output=True,
+    text=True,
+    check=True,
+).stdout.split()
 
 
 @pytest.fixture
@@ -183,7 +191,9 @@ def test_install_writes_a_launcher_that_starts_and_reports_its_check(
     assert result.sha256 == hashlib.sha256(result.path.read_bytes()).hexdigest()
     assert result.bytecode_file == plugins / ".skyflow.bytecode"
     first_line = result.path.read_text().splitlines()[0]
-    assert first_line == f"#!{sys.executable} -IS"
+    # The interpreter binary itself: no file of the virtualenv is read before verification.
+    assert first_line == f"#!{REAL_PYTHON} -IS"
+    assert result.python == REAL_PYTHON
     assert result.files > 500  # the package and its dependencies
 
     sample = measure_startup([str(result.path)], env=host_env)
@@ -311,15 +321,305 @@ def test_instructions_show_both_registration_forms(tmp_path: Path, package_copy:
     assert f"sha256: {result.sha256}" in text
     assert (
         f"bao write sys/plugins/catalog/secret/sky sha256={result.sha256} command=sky "
-        "env=SSL_CERT_FILE=/etc/ca.pem"
+        "version=v0.1.0 env=SSL_CERT_FILE=/etc/ca.pem"
     ) in text
     assert (
-        f"vault plugin register -sha256={result.sha256} -command=sky "
+        f"vault plugin register -sha256={result.sha256} -command=sky -version=v0.1.0 "
         "-env=SSL_CERT_FILE=/etc/ca.pem secret sky"
     ) in text
-    assert "bao secrets enable -path=skyflow/insurance sky" in text
-    assert "bao secrets enable -path=skyflow/lending sky" in text
+    assert "bao plugin info -version=v0.1.0 secret sky" in text
+    assert "bao secrets enable -path=skyflow/insurance -plugin-version=v0.1.0 sky" in text
+    assert "bao secrets enable -path=skyflow/lending -plugin-version=v0.1.0 sky" in text
     literal = result.path.read_text().split("\nMANIFEST = ", 1)[1].split("\n", 1)[0]
     manifest = json.loads(ast.literal_eval(literal))
     assert manifest["entry"] == "skyflow_vault_plugin.cli:main"
     assert manifest["path"][0] == str(package_copy.parent)
+
+
+# -- what runs before verification: the interpreter and its neighbours ----------------------------
+
+
+def _interpreter_copy(tmp_path: Path) -> Path:
+    """A copy of the interpreter binary in a directory the test may plant files in (it
+    finds the real standard library through its compiled-in prefix)."""
+    copy = tmp_path / "py" / "bin" / Path(REAL_PYTHON).name
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(REAL_PYTHON, copy)
+    return copy
+
+
+def _evil_module_dir(tmp_path: Path) -> Path:
+    """A directory whose ``json`` module announces itself: the launcher imports json."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "json.py").write_text("print('INJECTED')\nfrom _json import *\n")
+    return evil
+
+
+def test_planted_virtualenv_files_have_no_effect(tmp_path: Path, package_copy: Path) -> None:
+    """pyvenv.cfg and python3.X._pth in the virtualenv take over its bin/python even with
+    -IS; the launcher runs the real interpreter, so they are never read."""
+    venv = tmp_path / "venv"
+    subprocess.run([REAL_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    venv_python = venv / "bin" / "python"
+    evil = _evil_module_dir(tmp_path)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for name in ("python", version):  # bin/python (the old shebang) and bin/python3.X
+        (venv / "bin" / f"{name}._pth").write_text("\n".join([str(evil), *STDLIB_PATH]) + "\n")
+    # The attack is real for the virtualenv's interpreter, isolated or not:
+    attacked = subprocess.run(
+        [str(venv_python), "-IS", "-c", "import json"], capture_output=True, text=True
+    )
+    assert "INJECTED" in attacked.stdout
+
+    result = install(tmp_path / "plugins", package_dir=package_copy, python=str(venv_python))
+    assert result.python == REAL_PYTHON
+    (venv / "pyvenv.cfg").write_text(f"home = {evil}\n")
+    launched = _run(result.path, "--version")
+    assert (launched.returncode, launched.stdout) == (0, "skyflow-vault-plugin v0.1.0\n")
+    assert "INJECTED" not in launched.stdout + launched.stderr
+
+
+def test_planted_pth_or_pyvenv_cfg_next_to_the_interpreter_makes_it_refuse(
+    tmp_path: Path, package_copy: Path, host_env: dict[str, str]
+) -> None:
+    python = _interpreter_copy(tmp_path)
+    result = install(tmp_path / "plugins", package_dir=package_copy, python=str(python))
+    assert result.path.read_text().splitlines()[0] == f"#!{python} -IS"
+    assert _run(result.path, "--version").returncode == 0
+
+    # 1. A ._pth file replaces sys.path (here: one extra directory after the stdlib).
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    pth = python.parent / f"{python.name}._pth"
+    pth.write_text("\n".join([*STDLIB_PATH, str(extra)]) + "\n")
+    refused = _run(result.path, "--version")
+    assert refused.returncode == launcher.EXIT_TAMPERED
+    assert "sys.path" in refused.stderr
+    assert "python3.X._pth" in refused.stderr
+    assert refused.stdout == ""
+    pth.unlink()
+
+    # 2. A pyvenv.cfg in the interpreter's parent directory moves sys.prefix to another
+    #    Python home (here one whose standard library is a link to the real one).
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib").mkdir()
+    stdlib = Path(os.__file__).parent
+    (home / "lib" / stdlib.name).symlink_to(stdlib)
+    (python.parent.parent / "pyvenv.cfg").write_text(f"home = {home / 'bin'}\n")
+    refused = _run(result.path, "--version")
+    assert refused.returncode == launcher.EXIT_TAMPERED
+    assert "sys.prefix is" in refused.stderr
+    assert "pyvenv.cfg" in refused.stderr
+
+    # Under a server: an hclog error line (logged at the default level) and the reason on
+    # stdout, which go-plugin quotes in the error a request gets.
+    refused = _run(result.path, env=host_env)
+    assert refused.returncode == launcher.EXIT_TAMPERED
+    (line,) = [x for x in refused.stderr.splitlines() if x.startswith("{")]
+    logged = json.loads(line)
+    assert logged["@level"] == "error"
+    assert logged["@message"].startswith("skyflow-vault-plugin: refusing to start: ")
+    assert "sys.prefix is" in logged["@message"]
+    assert "install" in logged["fix"]
+    assert refused.stdout.startswith("skyflow-vault-plugin: refusing to start: ")
+    assert "|" not in refused.stdout
+
+
+def test_check_interpreter_names_what_differs() -> None:
+    identity = launcher.interpreter_identity()
+    launcher.check_interpreter(identity)
+    for field, cause in [("version", "replaced or upgraded"), ("base_prefix", "pyvenv.cfg")]:
+        identity = launcher.interpreter_identity()
+        with pytest.raises(launcher.IntegrityError, match=f"sys.{field} is .*{cause}"):
+            launcher.check_interpreter({**identity, field: "other"})
+
+
+# -- native code and metadata come from what was verified -----------------------------------------
+
+PROBE = """
+import os
+
+
+def main() -> int:
+    from importlib.metadata import entry_points
+
+    here = os.path.dirname(__file__)
+    (name,) = [n for n in os.listdir(here) if n.startswith("_bisect.")]
+    target = os.path.join(here, name)
+    if os.environ.get("SWAP_EXTENSION") == "1":  # an attacker replaces it after the check
+        os.replace(os.path.join(here, "swap.bin"), target)
+    from skyflow_vault_plugin import _bisect
+
+    with open("/proc/self/maps") as maps:
+        mapped = maps.read()
+    print("mapped from path:", target in mapped)
+    print("mapped from sealed copy:", "memfd:skyflow-plugin:" + name in mapped)
+    print("works:", _bisect.bisect_right([1, 2, 3], 2))
+    print("entry points:", sorted(ep.name for ep in entry_points(group="skyflow_test")))
+    return 0
+"""
+
+
+def _dist(site: Path, name: str, entry_points: str | None) -> metadata.Distribution:
+    """A minimal installed distribution with a RECORD, optionally with entry points."""
+    package = site / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    records = [f"{name}/__init__.py,,", f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
+    if entry_points is not None:
+        (info / "entry_points.txt").write_text(entry_points)
+        records.append(f"{info.name}/entry_points.txt,,")
+    (info / "RECORD").write_text("\n".join(records) + "\n")
+    return metadata.PathDistribution(info)
+
+
+def _probe_launcher(tmp_path: Path, package_copy: Path) -> Path:
+    """An installed launcher whose entry point is the probe above, with a copy of a stdlib
+    extension module inside the pinned package and two pinned distributions."""
+    import _bisect
+
+    extension = Path(str(_bisect.__file__))
+    shutil.copy2(extension, package_copy / extension.name)
+    (package_copy / "_probe.py").write_text(PROBE)
+    site = tmp_path / "site"
+    dists = [
+        _dist(site, "goodpkg", "[skyflow_test]\ngood = goodpkg\n"),
+        _dist(site, "plainpkg", None),
+    ]
+    result = install(tmp_path / "plugins", package_dir=package_copy, distributions=dists)
+    text = result.path.read_text()
+    entry = '"entry":"skyflow_vault_plugin.cli:main"'
+    assert entry in text
+    result.path.write_text(text.replace(entry, '"entry":"skyflow_vault_plugin._probe:main"'))
+    # Unpinned: a planted distribution, and entry points planted into a pinned one.
+    planted = site / "evil-1.0.dist-info"
+    planted.mkdir()
+    (planted / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    (planted / "entry_points.txt").write_text("[skyflow_test]\nevil = goodpkg\n")
+    (site / "plainpkg-1.0.dist-info" / "entry_points.txt").write_text(
+        "[skyflow_test]\nsneaky = goodpkg\n"
+    )
+    return result.path
+
+
+def test_extension_modules_load_from_the_bytes_that_were_hashed(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    path = _probe_launcher(tmp_path, package_copy)
+    ran = _run(path)
+    assert ran.returncode == 0, ran.stderr
+    assert "mapped from path: False" in ran.stdout
+    assert "mapped from sealed copy: True" in ran.stdout
+    assert "works: 2" in ran.stdout
+
+    # Swapped after the start-up check, before the import: no effect, the bytes checked at
+    # start are the bytes loaded (loading the swapped file by path would fail: it has no
+    # PyInit__bisect).
+    import _heapq
+
+    shutil.copy2(str(_heapq.__file__), package_copy / "swap.bin")
+    swapped = _run(path, env={**os.environ, "SWAP_EXTENSION": "1"})
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    assert "works: 2" in swapped.stdout
+    assert "mapped from sealed copy: True" in swapped.stdout
+    assert (package_copy / extension_name(package_copy)).read_bytes() != Path(
+        str(_bisect_module().__file__)
+    ).read_bytes()
+    # Swapped before the start: refused at the check.
+    refused = _run(path)
+    assert refused.returncode == launcher.EXIT_TAMPERED
+    assert "_bisect." in refused.stderr
+    assert "changed since it was installed" in refused.stderr
+
+
+def extension_name(package: Path) -> str:
+    (name,) = [p.name for p in package.iterdir() if p.name.startswith("_bisect.")]
+    return name
+
+
+def _bisect_module() -> ModuleType:
+    import _bisect
+
+    return _bisect
+
+
+def test_metadata_shows_only_pinned_distributions_and_files(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    path = _probe_launcher(tmp_path, package_copy)
+    ran = _run(path)
+    assert ran.returncode == 0, ran.stderr
+    # A plain interpreter would list evil and sneaky too (OpenTelemetry loads such entry
+    # points by name from OTEL_* variables).
+    assert "entry points: ['good']" in ran.stdout
+
+
+# -- the lock file ---------------------------------------------------------------------------------
+
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
+PYPROJECT = LOCK.parent / "pyproject.toml"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """``{canonical name: (version, [sha256 hashes])}`` from requirements.lock."""
+    import re
+
+    from packaging.utils import canonicalize_name
+
+    locked: dict[str, tuple[str, list[str]]] = {}
+    current = ""
+    for line in LOCK.read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if pinned:
+            current = canonicalize_name(pinned.group(1))
+            locked[current] = (pinned.group(2), [])
+            continue
+        digest = re.match(r"^\s+--hash=sha256:([0-9a-f]{64})", line)
+        if digest:
+            locked[current][1].append(digest.group(1))
+        else:
+            assert not line.strip() or line.lstrip().startswith("#"), f"unexpected: {line!r}"
+    return locked
+
+
+def test_the_lock_pins_exactly_the_runtime_dependencies_with_hashes() -> None:
+    """CI's check that requirements.lock is current, without the network: it pins every
+    runtime dependency (and nothing else) to a version pyproject allows, with hashes, and the
+    test virtualenv (made from it by `make venv`) runs exactly those versions."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    locked = _locked()
+    assert all(hashes for _, hashes in locked.values()), "every pin needs --hash (make lock)"
+    declared = [
+        Requirement(r) for r in tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    ]
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is in pyproject but not in the lock: run `make lock`"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"the lock pins {name}=={version}, outside pyproject's {requirement}: `make lock`"
+        )
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in runtime_distributions()
+        if d.metadata["Name"] != "skyflow-vault-plugin"
+    }
+    assert installed == {name: version for name, (version, _) in locked.items()}, (
+        "the runtime closure differs from requirements.lock: `make lock`, then `make venv`"
+    )
+
+
+def test_the_launcher_knows_the_host_cookie() -> None:
+    """The launcher is standard library only, so it repeats the go-plugin cookie."""
+    from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+
+    assert launcher.HOST_COOKIE == (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)

@@ -98,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         help="put the plugin into a plugin directory and print how to register it",
         description=(
             "Write the plugin executable into the server's plugin_directory: a launcher that "
-            "runs this virtualenv's Python and refuses to start if any file it would import "
-            "changed since this install. Prints its sha256 and the commands that register and "
-            "mount it."
+            "runs the Python this virtualenv was made from, with this virtualenv's packages, "
+            "and refuses to start if the interpreter or any file it would import changed since "
+            "this install. Prints its sha256 and the commands that register (with an explicit "
+            "version), check and mount it."
         ),
     )
     install.add_argument(

@@ -13,8 +13,11 @@ Files written into the plugin directory ``DIR`` for ``--name NAME``:
 * ``DIR/.NAME.bytecode`` -- the byte-code of every pinned Python file, compiled at install
   time; the launcher runs this, never ``__pycache__``.
 
-Nothing is copied out of the virtualenv: the launcher runs the virtualenv's interpreter, so
-the virtualenv must stay where it is (on every node of a cluster, at the same path).
+Nothing is copied out of the virtualenv: the launcher runs the interpreter the virtualenv was
+made from (the binary itself, so that no file of the virtualenv is read before verification)
+with the virtualenv's pinned directories on ``sys.path``. The virtualenv must stay where it
+is (on every node of a cluster, at the same path), and the runtime dependencies should come
+from ``requirements.lock`` so that every node pins the same bytes.
 """
 
 from __future__ import annotations
@@ -254,15 +257,69 @@ def build_manifest(
     return json.dumps(manifest, separators=(",", ":")), len(files) + 1, total + len(content)
 
 
-def render_launcher(manifest_json: str, python: str) -> bytes:
-    """The launcher file: shebang, the launcher module's text, the manifest, the call."""
+def real_interpreter(python: str | None = None) -> str:
+    """The interpreter binary itself, never a virtualenv's ``bin/python`` link.
+
+    Defaults to the interpreter the current virtualenv was made from. Running that binary
+    directly, the launcher reads no file of the virtualenv (``pyvenv.cfg``, links in
+    ``bin/``) before it has verified what it pinned.
+    """
+    candidate = python or getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(candidate)
+
+
+def interpreter_identity(python: str) -> dict[str, object]:
+    """What ``python -IS`` reports about itself; the launcher compares it at every start.
+
+    Raises:
+        InstallError: it does not run, is itself inside a virtualenv, or writes byte-code
+            this Python cannot (another version).
+    """
+    body = Path(launcher.__file__).read_text(encoding="utf-8")
+    probe = (
+        f"{body}\n"
+        "import json\n"
+        "from importlib.util import MAGIC_NUMBER\n"
+        "print(json.dumps({'identity': interpreter_identity(), 'magic': MAGIC_NUMBER.hex()}))\n"
+    )
+    try:
+        done = subprocess.run(
+            [python, "-IS", "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={},
+        )
+        reported = json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise InstallError(f"cannot run {python} -IS: {exc}") from None
+    identity: dict[str, object] = reported["identity"]
+    if identity["prefix"] != identity["base_prefix"]:
+        raise InstallError(
+            f"{python} runs inside a virtualenv ({identity['prefix']}); give the interpreter "
+            "the virtualenv was made from"
+        )
+    if reported["magic"] != MAGIC_NUMBER.hex():
+        raise InstallError(
+            f"{python} is another Python version than the one running this install "
+            f"({sys.version.split()[0]}); run the install with the virtualenv's own Python"
+        )
+    return identity
+
+
+def render_launcher(
+    manifest_json: str, python: str, identity: Mapping[str, object] | None = None
+) -> bytes:
+    """The launcher file: shebang, the launcher module's text, the interpreter's identity,
+    the manifest, the call."""
     if not os.path.isabs(python) or re.search(r"\s", python):
         raise InstallError(f"the interpreter path must be absolute without blanks: {python!r}")
     shebang = f"#!{python} -IS"
     if len(shebang) > _MAX_SHEBANG:
         raise InstallError(
             f"the interpreter path is too long for a shebang ({len(python)} characters); "
-            "create the virtualenv at a shorter path"
+            "install Python at a shorter path"
         )
     body = Path(launcher.__file__).read_text(encoding="utf-8")
     return (
@@ -270,9 +327,10 @@ def render_launcher(manifest_json: str, python: str) -> bytes:
         "# skyflow-vault-plugin launcher, written by `skyflow-vault-plugin install`.\n"
         "# Register this file's sha256; it pins every file the plugin imports. Do not edit.\n"
         f"{body}\n\n"
+        f"INTERPRETER = {dict(identity) if identity is not None else None!r}\n"
         f"MANIFEST = {manifest_json!r}\n\n"
         'if __name__ == "__main__":\n'
-        "    sys.exit(run(MANIFEST))\n"
+        "    sys.exit(run(MANIFEST, INTERPRETER))\n"
     ).encode()
 
 
@@ -305,29 +363,55 @@ class Installation:
 
     @property
     def command(self) -> str:
-        """The catalog ``command``: the launcher's file name inside the plugin directory."""
+        """The catalog ``command``: the launcher's file name inside the plugin directory.
+
+        Never an absolute path: the server joins it to ``plugin_directory`` and refuses
+        anything that does not resolve (after symlinks) to a file directly in it.
+        """
         return self.path.name
 
-    def bao_register_argv(self) -> list[str]:
-        """``bao write sys/plugins/catalog/secret/NAME sha256=… command=… env=K=V…``.
+    @property
+    def version(self) -> str:
+        """The version the plugin reports, registered explicitly (see :meth:`bao_register_argv`)."""
+        from . import __version__
 
-        OpenBao 2.7's ``bao plugin register`` has no ``-env`` flag; the catalog API has.
+        return f"v{__version__}"
+
+    def bao_register_argv(self) -> list[str]:
+        """``bao write sys/plugins/catalog/secret/NAME sha256=… command=… version=… env=K=V…``.
+
+        OpenBao 2.7's ``bao plugin register`` has no ``-env`` flag; the catalog API has. The
+        explicit version makes every registration, right or wrong, land on the same catalog
+        entry: registering again with the right sha256 replaces a wrong one. Without it, a
+        sha256 the server cannot run is stored as a second, unversioned entry that later
+        registrations leave in place and that ``secrets enable`` prefers.
         """
         argv = ["bao", "write", f"sys/plugins/catalog/secret/{self.name}"]
-        argv += [f"sha256={self.sha256}", f"command={self.command}"]
+        argv += [f"sha256={self.sha256}", f"command={self.command}", f"version={self.version}"]
         argv += [f"env={item}" for item in self.env]
         return argv
 
     def vault_register_argv(self) -> list[str]:
-        """``vault plugin register -sha256=… -command=… -env=K=V… secret NAME``."""
+        """``vault plugin register -sha256=… -command=… -version=… -env=K=V… secret NAME``."""
         argv = ["vault", "plugin", "register", f"-sha256={self.sha256}"]
-        argv += [f"-command={self.command}"]
+        argv += [f"-command={self.command}", f"-version={self.version}"]
         argv += [f"-env={item}" for item in self.env]
         return [*argv, "secret", self.name]
 
+    def info_argv(self, cli: str = "bao") -> list[str]:
+        """``bao plugin info -version=… secret NAME``: what the server stored."""
+        return [cli, "plugin", "info", f"-version={self.version}", "secret", self.name]
+
     def enable_argv(self, mount_path: str, cli: str = "bao") -> list[str]:
-        """``bao secrets enable -path=MOUNT NAME``."""
-        return [cli, "secrets", "enable", f"-path={mount_path}", self.name]
+        """``bao secrets enable -path=MOUNT -plugin-version=… NAME``."""
+        return [
+            cli,
+            "secrets",
+            "enable",
+            f"-path={mount_path}",
+            f"-plugin-version={self.version}",
+            self.name,
+        ]
 
     def instructions(self, mounts: Sequence[str] = ("skyflow/insurance",)) -> str:
         """The text ``skyflow-vault-plugin install`` prints."""
@@ -348,6 +432,10 @@ class Installation:
             "",
             "or with HashiCorp Vault:",
             show(self.vault_register_argv()),
+            "",
+            "The server stores a wrong sha256 without complaint; check that it shows the one "
+            "above:",
+            show(self.info_argv()),
             "",
             "Then enable one mount per business unit:",
             *[show(self.enable_argv(mount)) for mount in mounts],
@@ -380,6 +468,7 @@ def install(
     env: Iterable[str] = (),
     package_dir: Path | None = None,
     distributions: Sequence[metadata.Distribution] | None = None,
+    python: str | None = None,
 ) -> Installation:
     """Write the launcher ``plugin_dir/name`` (and its byte-code) and return what was done.
 
@@ -391,6 +480,8 @@ def install(
             this module belongs to). Tests point it at a copy.
         distributions: the distributions whose files to pin (default: the installed runtime
             closure of ``skyflow-vault-plugin``).
+        python: the interpreter the launcher runs (default: the one this virtualenv was
+            made from, see :func:`real_interpreter`). Tests point it at a copy.
 
     Raises:
         InstallError: a bad name or env item, an unusable interpreter path, or a virtualenv
@@ -403,11 +494,13 @@ def install(
     package = (package_dir or PACKAGE_DIR).resolve()
     if not (package / "cli.py").is_file():
         raise InstallError(f"{package} is not the skyflow_vault_plugin package")
+    interpreter = real_interpreter(python)
+    identity = interpreter_identity(interpreter)
     dists = runtime_distributions() if distributions is None else list(distributions)
     roots, files = collect_files(package, dists)
     bytecode_file = plugin_dir / BYTECODE_FILE.format(name=name)
     manifest, count, size = build_manifest(roots, files, bytecode_file)
-    content = render_launcher(manifest, sys.executable)
+    content = render_launcher(manifest, interpreter, identity)
     target = plugin_dir / name
     _write_atomic(target, content, 0o755)
     return Installation(
@@ -418,7 +511,7 @@ def install(
         files=count,
         size=size,
         bytecode_file=bytecode_file,
-        python=sys.executable,
+        python=interpreter,
     )
 
 
@@ -530,8 +623,9 @@ def measure_startup(
             line += chunk
         elapsed = (time.perf_counter() - started) * 1000
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        if line.startswith(b"1|"):  # a handshake: it serves until stopped
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -542,8 +636,10 @@ def measure_startup(
         proc.stderr.close()
     text = line.decode(errors="replace").strip()
     if not text.startswith("1|5|unix|"):
+        said = f"stdout: {text}\n" if text else ""
         raise StartupFailed(
-            f"{command[0]} exited with status {proc.returncode} before its handshake:\n{stderr}"
+            f"{command[0]} exited with status {proc.returncode} before its handshake:\n"
+            f"{said}{stderr}"
         )
     match = _VERIFY_LINE.search(stderr)
     return StartupSample(

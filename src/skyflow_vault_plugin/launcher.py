@@ -2,30 +2,45 @@
 
 A host pins the sha256 of the one file it executes. For a Python plugin that file alone
 proves little: the code it imports could change underneath it. ``skyflow-vault-plugin
-install`` therefore writes a *launcher* made of three parts, all covered by the registered
+install`` therefore writes a *launcher* made of four parts, all covered by the registered
 sha256:
 
-1. a shebang running the virtualenv's interpreter isolated: ``-I`` (no ``PYTHON*``
-   variables, no user site-packages, no script directory on ``sys.path``) and ``-S`` (no
-   ``site`` module, so no ``.pth`` file runs);
+1. a shebang running the *real* interpreter (not the virtualenv's ``bin/python`` link)
+   isolated: ``-I`` (no ``PYTHON*`` variables, no user site-packages, no script directory on
+   ``sys.path``) and ``-S`` (no ``site`` module, so no ``.pth`` file runs). No file of the
+   virtualenv is read before verification: not ``pyvenv.cfg``, not ``bin/python``;
 2. the text of this module (standard library only);
-3. a manifest: the sha256 of every file of the plugin package and of its runtime
+3. the identity of that interpreter as it started at install time (``sys.executable``,
+   ``sys.version``, the prefixes and ``sys.path``);
+4. a manifest: the sha256 of every file of the plugin package and of its runtime
    dependencies (the files their ``dist-info/RECORD`` lists), and of the byte-code compiled
    from each Python file at install time into one file next to the launcher.
 
 When run, :func:`run`:
 
-1. hashes every file in the manifest. On any difference it names the file on stderr and
-   exits with status 3, before importing anything from those directories;
-2. puts only the manifest's directories after the standard library on ``sys.path``;
-3. installs an import hook for those directories: only manifest files load, extension
-   modules only when pinned, and Python modules run from the pinned byte-code, each piece
-   hashed again as it is loaded. Nothing is loaded from ``__pycache__``, whose files nobody
-   pins;
-4. runs the entry point, ``skyflow_vault_plugin.cli:main``.
+1. compares the interpreter with the recorded identity before importing anything that is
+   not built in or frozen; a ``pyvenv.cfg`` or ``python3.X._pth`` planted next to the
+   interpreter changes its prefixes or ``sys.path``, and the launcher refuses to start;
+2. hashes every file in the manifest. On any difference it names the file and exits with
+   status 3, before importing anything from those directories;
+3. puts only the manifest's directories after the standard library on ``sys.path``;
+4. installs an import hook for those directories: only manifest files load. Python modules
+   run from the pinned byte-code, hashed again as it is loaded; extension modules are read
+   once (in step 2), and loaded from a sealed in-memory copy of exactly the bytes that were
+   hashed (so swapping the file after the check changes nothing). Nothing is loaded from
+   ``__pycache__``, whose files nobody pins;
+5. limits ``importlib.metadata`` to the pinned distributions, and to their pinned files: a
+   planted ``*.dist-info`` (entry points, which OpenTelemetry reads) is invisible;
+6. runs the entry point, ``skyflow_vault_plugin.cli:main``.
 
-The interpreter and its standard library are outside the manifest: they belong to the
-operating system (or the Python build) the virtualenv was made from.
+The interpreter binary, its standard library and the operating system's libraries are
+outside the manifest: they belong to the operating system (or the Python build). Their
+directories must be writable only by root (docs/operations.md).
+
+When the launcher refuses to start under a server (the go-plugin magic cookie is set), it
+says why three times: an hclog JSON line at level ``error`` on stderr (the server logs it at
+its default level), the same as plain text for people, and one line on stdout, which the
+server quotes in the error the failed ``secrets enable`` or ``plugin reload`` returns.
 
 Set ``SKYFLOW_LAUNCHER_TIMING=1`` to get one line on stderr with the verification time.
 """
@@ -35,14 +50,31 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-FORMAT = 1
+if TYPE_CHECKING:  # only for type checkers: importing these would read the stdlib early
+    from collections.abc import Iterator, Mapping, Sequence
+    from importlib.machinery import ModuleSpec
+    from types import CodeType, ModuleType
+
+FORMAT = 2
 EXIT_TAMPERED = 3
 TIMING_ENV = "SKYFLOW_LAUNCHER_TIMING"
+HOST_COOKIE = ("VAULT_BACKEND_PLUGIN", "6669da05-b1c8-4f49-97d9-c8e5bed98e20")
+IDENTITY_FIELDS = (
+    "executable",
+    "version",
+    "prefix",
+    "exec_prefix",
+    "base_prefix",
+    "base_exec_prefix",
+    "path",
+)
 _CHUNK = 1 << 20
+# Extension modules stay mapped for the life of the process, and so do their descriptors:
+# the dynamic loader knows a library by its path, and a reused descriptor number would hand
+# back the library loaded before it.
+_KEEP_OPEN: list[int] = []
 
 
 class IntegrityError(Exception):
@@ -51,7 +83,48 @@ class IntegrityError(Exception):
 
 class NotPinned(ImportError):
     """A module file in a pinned directory that the manifest does not list, or whose pinned
-    byte-code no longer matches."""
+    bytes no longer match."""
+
+
+def interpreter_identity() -> dict[str, Any]:
+    """What identifies the running interpreter: the fields :data:`IDENTITY_FIELDS` name."""
+    return {
+        "executable": sys.executable,
+        "version": sys.version,
+        "prefix": sys.prefix,
+        "exec_prefix": sys.exec_prefix,
+        "base_prefix": sys.base_prefix,
+        "base_exec_prefix": sys.base_exec_prefix,
+        "path": list(sys.path),
+    }
+
+
+def check_interpreter(expected: Mapping[str, Any]) -> None:
+    """Compare the running interpreter with the one recorded at install time.
+
+    Runs before anything is imported from the standard library's directories, so it uses
+    only built-in and frozen modules.
+
+    Raises:
+        IntegrityError: naming what differs and the usual cause.
+    """
+    found = interpreter_identity()
+    differing = [field for field in IDENTITY_FIELDS if found[field] != expected.get(field)]
+    if not differing:
+        return
+    first = differing[0]
+    if set(differing) <= {"executable", "version"}:
+        cause = "the interpreter was replaced or upgraded"
+    else:
+        cause = (
+            "a python3.X._pth file next to the interpreter, or a pyvenv.cfg there or in its "
+            "parent directory, changes them; or the launcher was not started directly"
+        )
+    raise IntegrityError(
+        f"the interpreter is not the one the plugin was installed with: sys.{first} is "
+        f"{found[first]!r}, installed with {expected.get(first)!r}; differing: "
+        f"{', '.join('sys.' + field for field in differing)} ({cause})"
+    )
 
 
 def hash_fd(fd: int) -> tuple[str, int]:
@@ -78,6 +151,20 @@ def hash_file(path: str) -> tuple[str, int]:
         os.close(fd)
 
 
+def read_file(path: str) -> bytes:
+    """The whole content of a file, read through one descriptor (one read when it can)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+        while True:  # grown since the fstat, or a short read
+            more = os.pread(fd, _CHUNK, len(data))
+            if not more:
+                return data
+            data += more
+    finally:
+        os.close(fd)
+
+
 class Pinned:
     """The parsed manifest.
 
@@ -87,6 +174,7 @@ class Pinned:
         code: for each pinned ``.py`` file, ``(offset, length, sha256)`` of its byte-code in
             the byte-code file.
         bytecode: path of the byte-code file; ``bytecode_sha256`` its sha256.
+        dist_dirs: the ``*.dist-info`` directories that hold pinned files.
     """
 
     def __init__(self, manifest: Mapping[str, Any]) -> None:
@@ -99,9 +187,16 @@ class Pinned:
         self.bytecode_sha256 = str(manifest["bytecode"]["sha256"])
         self.files: dict[str, str] = {}
         self.code: dict[str, tuple[int, int, str]] = {}
+        self.dist_dirs: set[str] = set()
+        # Extension modules as read and hashed by verify(), until they are imported: the
+        # bytes loaded are the bytes checked, read once.
+        self.native: dict[str, bytes] = {}
         for root_index, rel, digest, code in manifest["files"]:
             path = f"{self.roots[root_index]}/{rel}"
             self.files[path] = digest
+            parent = path.rpartition("/")[0]
+            if parent.endswith(".dist-info"):
+                self.dist_dirs.add(parent)
             if code:
                 offset, length, code_digest = code
                 self.code[path] = (int(offset), int(length), str(code_digest))
@@ -117,9 +212,18 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
     Raises:
         IntegrityError: naming the first file that is missing or differs.
     """
+    import hashlib
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    native = tuple(EXTENSION_SUFFIXES)
     count = size = 0
     for path, expected in pinned.files.items():
-        found, length = _hash_checked(path)
+        if path.endswith(native):
+            data = _read_checked(path)
+            found, length = hashlib.sha256(data).hexdigest(), len(data)
+            pinned.native[path] = data
+        else:
+            found, length = _hash_checked(path)
         if found != expected:
             raise IntegrityError(
                 f"{path} changed since it was installed "
@@ -148,12 +252,53 @@ def _hash_checked(path: str) -> tuple[str, int]:
         raise IntegrityError(f"{path} cannot be read: {exc.strerror}") from None
 
 
+def _read_checked(path: str) -> bytes:
+    try:
+        return read_file(path)
+    except FileNotFoundError:
+        raise IntegrityError(f"{path} is missing (it was there at install time)") from None
+    except OSError as exc:
+        raise IntegrityError(f"{path} cannot be read: {exc.strerror}") from None
+
+
 def _under(path: str, roots: Sequence[str]) -> bool:
     return any(path == root or path.startswith(root + "/") for root in roots)
 
 
+def sealed_copy(name: str, data: bytes) -> str:
+    """A path the dynamic loader can open that reads exactly ``data`` and cannot change.
+
+    An anonymous memory file (``memfd``), sealed against writes, kept open for the life of
+    the process. Where there is none, a file in a new directory only this process's user
+    can enter (mode 0700).
+    """
+    import fcntl
+
+    try:
+        fd = os.memfd_create(f"skyflow-plugin:{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except (AttributeError, OSError):
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="skyflow-plugin-")
+        path = f"{directory}/{name}"
+        with open(path, "xb") as out:
+            out.write(data)
+        return path
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    fcntl.fcntl(
+        fd,
+        fcntl.F_ADD_SEALS,
+        fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL,
+    )
+    _KEEP_OPEN.append(fd)
+    return f"/proc/self/fd/{fd}"
+
+
 def install_import_hook(pinned: Pinned, bytecode_fd: int) -> None:
     """Load modules from the pinned directories only as the manifest says (see module doc)."""
+    import _imp
     import hashlib
     import marshal
     from importlib.machinery import (
@@ -164,7 +309,7 @@ def install_import_hook(pinned: Pinned, bytecode_fd: int) -> None:
         ModuleSpec,
         SourceFileLoader,
     )
-    from types import ModuleType
+    from types import CodeType
 
     def refuse(path: str) -> NotPinned:
         return NotPinned(
@@ -197,9 +342,21 @@ def install_import_hook(pinned: Pinned, bytecode_fd: int) -> None:
 
     class PinnedExtension(ExtensionFileLoader):
         def create_module(self, spec: ModuleSpec) -> ModuleType:
-            if self.path not in pinned.files:
-                raise refuse(self.path)
-            return super().create_module(spec)
+            path = self.path
+            expected = pinned.files.get(path)
+            if expected is None:
+                raise refuse(path)
+            # Load the bytes that were hashed: loading by path after checking it would let
+            # the file be swapped in between.
+            data = pinned.native.pop(path, None)
+            if data is None:  # imported a second time, e.g. under another name
+                data = read_file(path)
+                if hashlib.sha256(data).hexdigest() != expected:
+                    raise NotPinned(f"{path} changed since it was installed", path=path)
+            copy = ModuleSpec(spec.name, self, origin=sealed_copy(path.rpartition("/")[2], data))
+            module: ModuleType = _imp.create_dynamic(copy)
+            module.__file__ = path
+            return module
 
     roots = list(pinned.roots)
 
@@ -217,14 +374,98 @@ def install_import_hook(pinned: Pinned, bytecode_fd: int) -> None:
             sys.path.append(root)
 
 
-def run(manifest_text: str) -> int:
-    """Verify, then run the entry point; the process exit status."""
-    import json
-    from importlib.util import MAGIC_NUMBER
+def limit_metadata(pinned: Pinned) -> None:
+    """Make ``importlib.metadata`` see only the pinned distributions and their pinned files.
 
+    ``importlib.metadata`` asks every finder on ``sys.meta_path`` for distributions; the
+    standard ``PathFinder`` would list any ``*.dist-info`` directory on ``sys.path``. It is
+    replaced by a subclass that keeps only the pinned directories and serves only pinned
+    files, hashed as they are read.
+    """
+    import hashlib
+    from importlib.machinery import PathFinder
+
+    dist_dirs = frozenset(pinned.dist_dirs)
+
+    class PinnedPathFinder(PathFinder):
+        @classmethod
+        def find_distributions(cls, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            from importlib.metadata import PathDistribution
+
+            class PinnedDistribution(PathDistribution):
+                def read_text(self, filename: str | os.PathLike[str]) -> str | None:
+                    path = f"{self._path}/{os.fspath(filename)}"
+                    expected = pinned.files.get(path)
+                    if expected is None:
+                        return None  # not pinned: as if it did not exist
+                    data = read_file(path)
+                    if hashlib.sha256(data).hexdigest() != expected:
+                        raise NotPinned(f"{path} changed since it was installed", path=path)
+                    return data.decode("utf-8")
+
+            for dist in PathFinder.find_distributions(*args, **kwargs):
+                where = getattr(dist, "_path", None)
+                if where is not None and os.fspath(where) in dist_dirs:
+                    yield PinnedDistribution(where)
+
+    sys.meta_path[:] = [
+        PinnedPathFinder if finder is PathFinder else finder for finder in sys.meta_path
+    ]
+
+
+def _under_host() -> bool:
+    return os.environ.get(HOST_COOKIE[0]) == HOST_COOKIE[1]
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string, without importing ``json`` (it may not be trusted yet)."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def report_refusal(reason: str) -> None:
+    """Say why the plugin will not start, where the operator will look.
+
+    Under a server: an hclog JSON line at level error on stderr (the server re-logs it at that
+    level, so it shows at the default log level), and the reason as the first line of stdout,
+    which go-plugin quotes in the error it returns ("Unrecognized remote plugin message:
+    ..."). Always: the reason as plain text on stderr.
+    """
+    hint = "Re-run `skyflow-vault-plugin install` and register the sha256 it prints."
+    message = f"skyflow-vault-plugin: refusing to start: {reason}"
+    if _under_host():
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())  # hclog parses 6 digits
+        sys.stderr.write(
+            '{"@level":"error","@module":"skyflow-vault-plugin.launcher",'
+            f'"@timestamp":{_json_string(stamp)},"@message":{_json_string(message)},'
+            f'"fix":{_json_string(hint)}}}\n'
+        )
+        # go-plugin splits the handshake line on "|": keep the reason one field.
+        sys.stdout.write(message.replace("|", "/").replace("\n", " ") + "\n")
+        sys.stdout.flush()
+    else:
+        sys.stderr.write(f"{message}\n{hint}\n")
+    sys.stderr.flush()
+
+
+def run(manifest_text: str, interpreter: Mapping[str, Any] | None = None) -> int:
+    """Verify, then run the entry point; the process exit status."""
     started = time.perf_counter()
     sys.dont_write_bytecode = True
     try:
+        if interpreter is not None:
+            check_interpreter(interpreter)
+        import json
+        from importlib.util import MAGIC_NUMBER
+
         pinned = Pinned(json.loads(manifest_text))
         if pinned.magic != MAGIC_NUMBER:
             raise IntegrityError(
@@ -233,11 +474,7 @@ def run(manifest_text: str) -> int:
             )
         files, size, fd = verify(pinned)
     except IntegrityError as exc:
-        sys.stderr.write(
-            f"skyflow-vault-plugin: refusing to start: {exc}\n"
-            "Re-run `skyflow-vault-plugin install` and register the sha256 it prints.\n"
-        )
-        sys.stderr.flush()
+        report_refusal(str(exc))
         return EXIT_TAMPERED
     if os.environ.get(TIMING_ENV) == "1":
         elapsed = (time.perf_counter() - started) * 1000
@@ -247,6 +484,7 @@ def run(manifest_text: str) -> int:
         )
         sys.stderr.flush()
     install_import_hook(pinned, fd)
+    limit_metadata(pinned)
     import importlib
 
     module_name, _, function = pinned.entry.partition(":")
@@ -254,6 +492,5 @@ def run(manifest_text: str) -> int:
         entry = getattr(importlib.import_module(module_name), function)
         return int(entry() or 0)
     except NotPinned as exc:
-        sys.stderr.write(f"skyflow-vault-plugin: refusing to start: {exc}\n")
-        sys.stderr.flush()
+        report_refusal(str(exc).removeprefix("skyflow-vault-plugin: refusing to start: "))
         return EXIT_TAMPERED

@@ -61,6 +61,7 @@ def test_demo_once_prints_a_token_per_unit_without_secrets(tmp_path: Path) -> No
     # Registered by sha256 with the command `install` prints, trusting the emulator's CA.
     assert re.search(
         r"\$ bao write sys/plugins/catalog/secret/skyflow sha256=[0-9a-f]{64} command=skyflow "
+        r"version=v0\.1\.0 "
         r"env=SKYFLOW_CA_FILE=\S+/emulator/ca\.pem",
         out,
     )

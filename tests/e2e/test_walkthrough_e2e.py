@@ -4,8 +4,8 @@ A real OpenBao on Raft (started with a config equivalent to the page's, then lef
 uninitialised and sealed for the page's own ``bao operator init``/``unseal``), the Skyflow
 emulator over HTTPS, and a fresh virtualenv that the page's commands create and install the
 plugin into. The test sets only the variables the page documents (``BAO_ADDR``,
-``PLUGIN_DIR``, ``PREFIX``, ``PLUGIN_SOURCE``, ``SKYFLOW_CA_FILE``, ``INSURANCE_SA``,
-``LENDING_SA``); the server itself does not trust the emulator's CA, so the page's
+``PLUGIN_DIR``, ``PREFIX``, ``PLUGIN_SOURCE``, ``SKYFLOW_CA_FILE``,
+``SKYFLOW_ALLOWED_TOKEN_HOSTS``, ``INSURANCE_SA``, ``LENDING_SA``); the server itself does not trust the emulator's CA, so the page's
 registration has to carry it. Tokens are decoded, never printed.
 """
 
@@ -36,6 +36,7 @@ DOCUMENTED = {
     "PREFIX",
     "PLUGIN_SOURCE",
     "SKYFLOW_CA_FILE",
+    "SKYFLOW_ALLOWED_TOKEN_HOSTS",
     "INSURANCE_SA",
     "LENDING_SA",
 }
@@ -91,6 +92,7 @@ def test_the_walkthrough_runs_as_printed(
             "PREFIX": str(tmp_path / "opt" / "skyflow-vault-plugin"),
             "PLUGIN_SOURCE": str(REPO),
             "SKYFLOW_CA_FILE": emulator.ca_file,
+            "SKYFLOW_ALLOWED_TOKEN_HOSTS": emulator.plugin_env()["SKYFLOW_ALLOWED_TOKEN_HOSTS"],
             "INSURANCE_SA": emulator.account_files[0],
             "LENDING_SA": emulator.account_files[1],
         }
