@@ -8,10 +8,12 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The plugin (with its SDK) plus, editable, the dev-only distributions: the Skyflow emulator
+# and the OpenBao harness/demo (devtools). The plugin's own wheel carries neither.
+$(VENV)/.installed: pyproject.toml sdk/pyproject.toml emulator/pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e ./emulator -e ./devtools
 	touch $@
 
 proto: venv  ## regenerate the protobuf/grpclib modules
@@ -21,8 +23,8 @@ proto-check: venv  ## fail when the committed generated code is not current
 	scripts/check_proto.sh
 
 lint: venv
-	$(BIN)/ruff check src tests bench examples scripts
-	$(BIN)/ruff format --check src tests bench examples scripts
+	$(BIN)/ruff check src sdk emulator devtools tests bench examples scripts
+	$(BIN)/ruff format --check src sdk emulator devtools tests bench examples scripts
 
 typecheck: venv
 	$(BIN)/mypy
@@ -37,10 +39,10 @@ test: venv proto-check lint typecheck  ## everything CI runs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: venv  ## OpenBao + the Skyflow emulator + three business-unit mounts
-	$(BIN)/python -m skyflow_vault_plugin.devtools.demo
+	$(BIN)/python -m skyflow_devtools.demo
 
 demo-stop:
-	$(BIN)/python -m skyflow_vault_plugin.devtools.demo --stop
+	$(BIN)/python -m skyflow_devtools.demo --stop
 
 bench: venv
 	$(BIN)/python -m bench

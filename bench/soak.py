@@ -43,14 +43,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skyflow_vault_plugin.devtools.client import BaoClient, BaoConnectionError
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.client import BaoClient, BaoConnectionError
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     install_plugin,
     plugin_pids,
     python_launcher,
 )
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_emulator.process import EmulatorProcess
 
 PLUGIN = "skyflow"
 UNITS = ("insurance", "lending", "clcm")

@@ -12,7 +12,7 @@ import pytest
 
 from skyflow_vault_plugin import __version__
 from skyflow_vault_plugin.cli import main
-from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY
+from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY
 
 SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"
 

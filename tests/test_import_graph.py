@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import skyflow_vault_plugin.sdk as sdk
+import vault_plugin_sdk as sdk
 
-FORBIDDEN = ("skyflow_vault_plugin.skyflow", "skyflow_vault_plugin.emulator")
+FORBIDDEN = ("skyflow_vault_plugin.skyflow", "skyflow_emulator")
 
 
 def test_sdk_never_imports_the_engine() -> None:

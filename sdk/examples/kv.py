@@ -5,7 +5,7 @@ Paths: ``kv/`` (list) and ``kv/<name>`` (read, create, update, delete), plus ``i
 
 from __future__ import annotations
 
-from skyflow_vault_plugin.sdk.framework import (
+from vault_plugin_sdk.framework import (
     Backend,
     BackendConfig,
     Field,
@@ -20,7 +20,7 @@ from skyflow_vault_plugin.sdk.framework import (
     StorageEntry,
     name_part,
 )
-from skyflow_vault_plugin.sdk.plugin import serve
+from vault_plugin_sdk.plugin import serve
 
 VERSION = "v0.1.0"
 
@@ -61,7 +61,6 @@ async def factory(config: BackendConfig) -> Backend:
     return Backend(
         help="A tiny key/value store, the SDK's example plugin.",
         storage=config.storage,
-        running_version=VERSION,
         special_paths=SpecialPaths(seal_wrap_storage=("kv/",)),
         paths=[
             Path(
@@ -92,7 +91,7 @@ async def factory(config: BackendConfig) -> Backend:
 
 def main() -> int:
     """Entry point of the example plugin's executable."""
-    return serve(factory, version=VERSION)
+    return serve(factory, version=VERSION, log_to_host=True)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from skyflow_vault_plugin.sdk.examples.kv import factory
-from skyflow_vault_plugin.sdk.testing import PluginTestClient, open_driver
+from kv import factory  # sdk/examples/kv.py, put on sys.path by conftest.py
+from vault_plugin_sdk.testing import PluginTestClient, open_driver
 
 
 @pytest.fixture(params=["direct", "grpc"])

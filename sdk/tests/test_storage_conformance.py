@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from grpclib.testing import ChannelFor
 
-from skyflow_vault_plugin.sdk.framework import ReadOnlyStorageError, Storage, StorageEntry
-from skyflow_vault_plugin.sdk.plugin.host import GrpcStorage
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage, StorageServer
+from vault_plugin_sdk.framework import ReadOnlyStorageError, Storage, StorageEntry
+from vault_plugin_sdk.plugin.host import GrpcStorage
+from vault_plugin_sdk.testing import InMemoryStorage, StorageServer
 
 
 @pytest.fixture(params=["memory", "grpc"])

@@ -17,12 +17,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,
@@ -637,7 +637,7 @@ async def test_newer_schema_is_not_misread(client: PluginTestClient, creds: dict
     assert entry is not None
     raw = entry.json()
     raw["schema_version"] = SCHEMA_VERSION + 1
-    from skyflow_vault_plugin.sdk.framework import StorageEntry
+    from vault_plugin_sdk.framework import StorageEntry
 
     await client.storage.put(StorageEntry.from_json("config", raw, seal_wrap=True))
     driver = client.driver

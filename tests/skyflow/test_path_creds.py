@@ -19,15 +19,15 @@ from typing import Any
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework import Entity, StaticSystemView
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
+from vault_plugin_sdk.framework import Entity, StaticSystemView
+from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,

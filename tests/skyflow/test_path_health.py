@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework import StorageEntry
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION, EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from vault_plugin_sdk.framework import StorageEntry
+from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow import path_roles
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(deadline=2.0, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
 

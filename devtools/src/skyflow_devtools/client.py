@@ -6,7 +6,7 @@ Exception tree of the devtools package (all defined here so every module maps er
     ├── BaoConnectionError        the HTTP request did not complete (refused, reset, timed out)
     ├── BaoError                  the server answered with an unexpected HTTP status
     └── ServerError               a server process failed to start, exited, or did not get ready
-                                  (raised by :mod:`skyflow_vault_plugin.devtools.openbao`)
+                                  (raised by :mod:`skyflow_devtools.openbao`)
 
 :meth:`BaoClient.request` is the raw escape hatch: it returns the :class:`httpx.Response` whatever
 its status, so tests can assert exact status codes. Every other method raises :class:`BaoError`
@@ -102,7 +102,7 @@ class BaoClient:
     Paths are relative to ``/v1/`` (``"secret/data/x"``; a leading ``/`` or ``/v1/`` is
     tolerated). The token is sent as ``X-Vault-Token``. Close the client (or use it as a
     context manager) when done; clients handed out by
-    :meth:`skyflow_vault_plugin.devtools.openbao.OpenBaoServer.client` are closed by the server.
+    :meth:`skyflow_devtools.openbao.OpenBaoServer.client` are closed by the server.
 
     Args:
         addr: base address, e.g. ``http://127.0.0.1:8200``.

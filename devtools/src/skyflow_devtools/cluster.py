@@ -1,6 +1,6 @@
 """A three-node OpenBao cluster on integrated storage, all on 127.0.0.1.
 
-Every node is an :class:`~skyflow_vault_plugin.devtools.openbao.OpenBaoServer` in raft mode with
+Every node is an :class:`~skyflow_devtools.openbao.OpenBaoServer` in raft mode with
 a plain-HTTP API listener and ``retry_join`` blocks pointing at the other nodes (raft's cluster
 port uses its own internal TLS). Node 0 is initialised (one key share) and unseals first; the
 others find it through ``retry_join``, are unsealed with the same key and join as standbys.

@@ -2,9 +2,9 @@
 
 ::
 
-    python -m skyflow_vault_plugin.devtools.demo            # run, then wait for Ctrl-C
-    python -m skyflow_vault_plugin.devtools.demo --stop     # stop a running demo (make demo-stop)
-    python -m skyflow_vault_plugin.devtools.demo --once     # run, print, stop (used by the tests)
+    python -m skyflow_devtools.demo            # run, then wait for Ctrl-C
+    python -m skyflow_devtools.demo --stop     # stop a running demo (make demo-stop)
+    python -m skyflow_devtools.demo --once     # run, print, stop (used by the tests)
 
 Steps, each the way an operator would do it:
 
@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..install import Installation, install
+from skyflow_vault_plugin.install import Installation, install
+
 from .client import BaoClient
 from .openbao import OpenBaoServer, PluginInfo
 
@@ -139,7 +140,7 @@ def stop_demo(work_dir: Path) -> bool:
     stopped = _terminate(int(state.get("pid", 0)), "devtools.demo", _STOP_WAIT)
     # A demo that was SIGKILLed leaves its servers behind: stop them directly.
     stopped |= _terminate(int(state.get("bao_pid", 0)), str(work_dir / "bao"), 30.0)
-    stopped |= _terminate(int(state.get("emulator_pid", 0)), "skyflow_vault_plugin.emulator", 10)
+    stopped |= _terminate(int(state.get("emulator_pid", 0)), "skyflow_emulator", 10)
     plugin_dir = f"{work_dir / 'bao' / 'plugins'}/"
     for entry in os.listdir("/proc"):
         if entry.isdigit() and plugin_dir in _cmdline(int(entry)):
@@ -253,7 +254,7 @@ def _apply_example_policies(client: BaoClient) -> str | None:
 
 def run_demo(work_dir: Path, *, once: bool) -> int:
     """Run the demo; with ``once`` stop everything after printing."""
-    from ..emulator import EmulatorProcess
+    from skyflow_emulator import EmulatorProcess
 
     work_dir.mkdir(parents=True, exist_ok=True)
     work_dir = work_dir.resolve()
@@ -386,9 +387,9 @@ def _wait(bao: OpenBaoServer, emulator: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m skyflow_vault_plugin.devtools.demo``."""
+    """Entry point of ``python -m skyflow_devtools.demo``."""
     parser = argparse.ArgumentParser(
-        prog="python -m skyflow_vault_plugin.devtools.demo",
+        prog="python -m skyflow_devtools.demo",
         description="OpenBao + the Skyflow emulator + three business-unit mounts.",
     )
     parser.add_argument("--work-dir", type=Path, default=Path(".demo"), help="default: .demo")

@@ -1,4 +1,4 @@
-"""``python -m skyflow_vault_plugin.emulator``: same as the ``skyflow-emulator`` script."""
+"""``python -m skyflow_emulator``: same as the ``skyflow-emulator`` script."""
 
 from .cli import main
 

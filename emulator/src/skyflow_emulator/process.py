@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-import skyflow_vault_plugin
+import skyflow_emulator
 
 __all__ = ["EmulatorAdmin", "EmulatorError", "EmulatorProcess"]
 
@@ -167,7 +167,7 @@ class EmulatorProcess:
 
     def command(self) -> list[str]:
         """The command line that starts the emulator."""
-        cmd = [sys.executable, "-m", "skyflow_vault_plugin.emulator"]
+        cmd = [sys.executable, "-m", "skyflow_emulator"]
         cmd += ["--host", self._host, "--port", str(self._port), "--state-dir", str(self.state_dir)]
         cmd += ["--accounts", str(self._accounts)]
         if self._token_lifetime is not None:
@@ -184,7 +184,7 @@ class EmulatorProcess:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # make the package importable in the child even when it is not installed
-        src = str(Path(skyflow_vault_plugin.__file__).resolve().parent.parent)
+        src = str(Path(skyflow_emulator.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         with (self._state_dir / "emulator.log").open("ab") as log:
             self._proc = subprocess.Popen(

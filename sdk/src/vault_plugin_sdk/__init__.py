@@ -2,10 +2,10 @@
 
 It has two halves:
 
-* :mod:`~skyflow_vault_plugin.sdk.framework` -- paths, typed fields, operations, requests,
+* :mod:`~vault_plugin_sdk.framework` -- paths, typed fields, operations, requests,
   responses and errors: the Python counterpart of Vault's ``sdk/framework`` and
   ``sdk/logical``;
-* :mod:`~skyflow_vault_plugin.sdk.plugin` -- the process side: go-plugin handshake, automatic
+* :mod:`~vault_plugin_sdk.plugin` -- the process side: go-plugin handshake, automatic
   mTLS, the gRPC services the host calls and the broker that reaches the host's storage.
 
 The SDK never imports the Skyflow engine; it is meant to be reusable for other plugins.

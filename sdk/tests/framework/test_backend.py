@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skyflow_vault_plugin.sdk.framework import (
+from vault_plugin_sdk.framework import (
     Backend,
     CodedError,
     Field,
@@ -19,8 +19,8 @@ from skyflow_vault_plugin.sdk.framework import (
     UnsupportedPath,
     name_part,
 )
-from skyflow_vault_plugin.sdk.framework.help import display_pattern
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage
+from vault_plugin_sdk.framework.help import display_pattern
+from vault_plugin_sdk.testing import InMemoryStorage
 
 
 async def echo(req: Request, data: FieldData) -> Response | None:
@@ -180,3 +180,30 @@ def test_response_with_status_carries_a_raw_body() -> None:
     wire = Response(data={"healthy": False}, status=503).wire_data()
     assert wire["http_status_code"] == 503
     assert '"healthy": false' in wire["http_raw_body"]
+
+
+def test_error_responses_follow_the_hosts_rule() -> None:
+    # The host answers 400 only for data holding `error` alone or `error` and `data`
+    # (logical.ErrorResponse); any other key next to `error` is an ordinary 200 reply.
+    assert Response.error("bad").data == {"error": "bad"}
+    detailed = Response.error("bad", data={"field": "ttl"})
+    assert detailed.data == {"error": "bad", "data": {"field": "ttl"}}
+    assert detailed.is_error
+    assert not Response(data={"error": "bad", "field": "ttl"}).is_error
+    assert not Response(data={"error": "bad"}, status=503).is_error
+
+
+async def test_help_carries_openapi_for_the_mount_and_for_one_path() -> None:
+    backend, _ = make_backend()
+    root = await backend.handle_request(request("help", ""))
+    assert root is not None
+    paths = root.data["openapi"]["paths"]
+    assert set(paths) == {
+        "/" + display_pattern(p.pattern).replace("<", "{").replace(">", "}") for p in backend.paths
+    }
+    one = await backend.handle_request(request("help", "items/w"))
+    assert one is not None
+    (item,) = one.data["openapi"]["paths"].values()
+    assert item["description"] == "One item."
+    assert item["parameters"][0]["in"] == "path"
+    assert item["parameters"][0]["required"] is True

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.sdk.framework import Field, FieldError, FieldType
+from vault_plugin_sdk.framework import Field, FieldError, FieldType
 
 
 def parse(kind: FieldType, raw: object, **options: Any) -> Any:

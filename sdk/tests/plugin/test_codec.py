@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from skyflow_vault_plugin.sdk.framework import (
+from vault_plugin_sdk.framework import (
     BadRequest,
     CodedError,
     PermissionDenied,
@@ -13,14 +13,14 @@ from skyflow_vault_plugin.sdk.framework import (
     UnsupportedOperation,
     UnsupportedPath,
 )
-from skyflow_vault_plugin.sdk.plugin.codec import (
+from vault_plugin_sdk.plugin.codec import (
     INTERNAL_ERROR_MESSAGE,
     decode_request,
     encode_error,
     encode_response,
 )
-from skyflow_vault_plugin.sdk.plugin.pb import backend_pb2 as pb
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage
+from vault_plugin_sdk.plugin.pb import backend_pb2 as pb
+from vault_plugin_sdk.testing import InMemoryStorage
 
 
 def test_error_types_map_to_host_statuses() -> None:
@@ -76,7 +76,7 @@ def test_null_data_is_an_empty_mapping() -> None:
 def test_data_nested_beyond_the_parser_is_a_400_naming_the_field() -> None:
     import pytest
 
-    from skyflow_vault_plugin.sdk.framework import FieldError
+    from vault_plugin_sdk.framework import FieldError
 
     deep = '{"ok": 1, "ctx": {"k": ' + "[" * 5000 + "]" * 5000 + "}}"
     with pytest.raises(FieldError) as info:
@@ -85,7 +85,7 @@ def test_data_nested_beyond_the_parser_is_a_400_naming_the_field() -> None:
 
 
 def test_too_deep_field_ignores_brackets_inside_strings() -> None:
-    from skyflow_vault_plugin.sdk.plugin.codec import too_deep_field
+    from vault_plugin_sdk.plugin.codec import too_deep_field
 
     assert too_deep_field('{"a": "' + "[" * 500 + '"}') is None
     assert too_deep_field('{"a\\"b": ' + "[" * 200 + "]" * 200 + "}") == 'a"b'

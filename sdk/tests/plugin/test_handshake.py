@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from skyflow_vault_plugin.sdk.plugin.handshake import (
+from vault_plugin_sdk.plugin.handshake import (
     MAGIC_COOKIE_KEY,
     MAGIC_COOKIE_VALUE,
     NotAPluginHost,

@@ -26,8 +26,8 @@ from grpclib.config import Configuration
 from grpclib.exceptions import StreamTerminatedError
 from grpclib.health.v1 import health_grpc, health_pb2
 
-from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
-from skyflow_vault_plugin.sdk.plugin.pb import (
+from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+from vault_plugin_sdk.plugin.pb import (
     backend_grpc,
     backend_pb2,
     goplugin_grpc,
@@ -38,7 +38,8 @@ from skyflow_vault_plugin.sdk.plugin.pb import (
     version_pb2,
 )
 
-PLUGIN = [sys.executable, "-m", "skyflow_vault_plugin.sdk.examples.kv"]
+KV_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kv.py"
+PLUGIN = [sys.executable, str(KV_EXAMPLE)]
 
 
 @dataclass

@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     Backend,
     BackendConfig,
     BackendFactory,
@@ -25,6 +24,8 @@ from ..sdk.framework import (
     Storage,
     SystemView,
 )
+
+from .. import __version__
 from . import storage as store
 from .cache import DEFAULT_MAX_ENTRIES, TokenCache
 from .client import ExchangePolicy, IssuedToken, TokenClient
@@ -245,7 +246,6 @@ def build_backend(engine: SkyflowBackend, config: BackendConfig) -> Backend:
     return Backend(
         help=BACKEND_HELP,
         storage=config.storage,
-        running_version=PLUGIN_VERSION,
         special_paths=SpecialPaths(seal_wrap_storage=(store.CONFIG_KEY, store.ROLE_PREFIX)),
         paths=[
             *config_paths(engine),

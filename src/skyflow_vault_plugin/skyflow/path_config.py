@@ -13,7 +13,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     CodedError,
     Field,
     FieldData,
@@ -25,6 +25,7 @@ from ..sdk.framework import (
     Request,
     Response,
 )
+
 from . import storage as store
 from .backend import HEALTH_CACHE_KEY, SkyflowBackend
 from .credentials import load_credentials_file, parse_credentials

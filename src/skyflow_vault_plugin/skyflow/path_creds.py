@@ -12,7 +12,7 @@ import time
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     BadRequest,
     CodedError,
     Field,
@@ -25,6 +25,7 @@ from ..sdk.framework import (
     Response,
     name_part,
 )
+
 from .backend import SkyflowBackend
 from .client import IssuedToken, canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx

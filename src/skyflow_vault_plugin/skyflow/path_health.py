@@ -13,7 +13,15 @@ import time
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import FieldData, Operation, OperationHandler, Path, Request, Response
+from vault_plugin_sdk.framework import (
+    FieldData,
+    Operation,
+    OperationHandler,
+    Path,
+    Request,
+    Response,
+)
+
 from .backend import HEALTH_CACHE_KEY, PLUGIN_VERSION, SkyflowBackend
 from .client import IssuedToken
 from .errors import SkyflowError

@@ -10,7 +10,7 @@ import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..sdk.framework import Storage, StorageEntry, StorageError
+from vault_plugin_sdk.framework import Storage, StorageEntry, StorageError
 
 CONFIG_KEY = "config"
 ROLE_PREFIX = "roles/"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from .errors import BadRequest, FieldError, LogicalError, UnsupportedOperation, UnsupportedPath
 from .help import backend_help, path_help
+from .openapi import openapi_document
 from .path import Path
 from .request import FieldData, Operation, Request
 from .response import Response
@@ -72,7 +73,6 @@ class Backend:
         storage: Storage,
         special_paths: SpecialPaths | None = None,
         backend_type: BackendType = BackendType.LOGICAL,
-        running_version: str = "",
         initialize: InitializeHook | None = None,
         invalidate: InvalidateHook | None = None,
         cleanup: CleanupHook | None = None,
@@ -83,7 +83,6 @@ class Backend:
         self.storage = storage
         self.special_paths = special_paths or SpecialPaths()
         self.backend_type = backend_type
-        self.running_version = running_version
         self.logger = logger or logging.getLogger("backend")
         self._initialize = initialize
         self._invalidate = invalidate
@@ -155,7 +154,12 @@ class Backend:
     def _help(self, relative_path: str) -> Response:
         routed = self.route(relative_path) if relative_path else None
         text = path_help(routed[0]) if routed else backend_help(self.help, self.paths)
-        return Response(data={"help": text, "see_also": []})
+        # The host reads `openapi` from the mount root's help for sys/internal/specs/openapi;
+        # a path's help carries that path's part, as Vault's framework does.
+        described = [routed[0]] if routed else self.paths
+        tag = "auth" if self.backend_type == BackendType.CREDENTIAL else "secrets"
+        openapi = openapi_document(described, title=_first_line(self.help), tag=tag)
+        return Response(data={"help": text, "see_also": [], "openapi": openapi})
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,6 +187,11 @@ def _as_operation(value: str) -> Operation | None:
         return Operation(value)
     except ValueError:
         return None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines()]
+    return lines[0] if lines else ""
 
 
 BackendFactory = Callable[[BackendConfig], Awaitable[Backend]]

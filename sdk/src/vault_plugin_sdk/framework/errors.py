@@ -3,7 +3,7 @@
 Two channels, as in Vault's SDK:
 
 * problems the *caller* can fix are returned as an error response
-  (:meth:`Response.error <skyflow_vault_plugin.sdk.framework.response.Response.error>`, HTTP 400),
+  (:meth:`Response.error <vault_plugin_sdk.framework.response.Response.error>`, HTTP 400),
   or raised as :class:`FieldError` / :class:`BadRequest`, which the framework turns into one;
 * everything else is raised. :class:`LogicalError` subclasses carry an exact HTTP status;
   any other exception becomes a generic 500 "internal error" whose details stay in the

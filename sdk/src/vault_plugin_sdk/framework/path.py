@@ -19,11 +19,6 @@ def name_part(name: str) -> str:
     return f"(?P<{name}>{NAME_PATTERN})"
 
 
-def optional_trailing_slash() -> str:
-    """Pattern suffix accepting an optional ``/`` (list paths arrive with one)."""
-    return "/?"
-
-
 @dataclass(frozen=True)
 class OperationHandler:
     """One operation on a path: the coroutine that serves it and its one-line summary."""

@@ -22,9 +22,16 @@ class Response:
     status: int | None = None
 
     @classmethod
-    def error(cls, message: str, **data: Any) -> Response:
-        """An error response the caller can fix: HTTP 400 with ``message``."""
-        return cls(data={"error": message, **data})
+    def error(cls, message: str, data: dict[str, Any] | None = None) -> Response:
+        """An error response the caller can fix: HTTP 400 with ``message``.
+
+        The host treats a response as an error only when its data holds ``error`` alone or
+        ``error`` and ``data`` (Vault's ``logical.ErrorResponse``); any other key would turn
+        it into a 200. So details go under ``data``.
+        """
+        if data is None:
+            return cls(data={"error": message})
+        return cls(data={"error": message, "data": data})
 
     @classmethod
     def list(cls, keys: list[str], **data: Any) -> Response:
@@ -34,7 +41,7 @@ class Response:
     @property
     def is_error(self) -> bool:
         """Whether this is an error response."""
-        return "error" in self.data and self.status is None
+        return self.status is None and set(self.data) in ({"error"}, {"error", "data"})
 
     def add_warning(self, warning: str) -> None:
         """Attach a warning, shown to the caller under ``warnings``."""

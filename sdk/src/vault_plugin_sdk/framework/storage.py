@@ -28,7 +28,7 @@ class StorageEntry:
 class Storage(Protocol):
     """Mount-scoped storage. Keys are relative to the mount; ``list`` returns one level,
     with sub-prefixes ending in ``/``. Failures raise
-    :class:`~skyflow_vault_plugin.sdk.framework.errors.StorageError`."""
+    :class:`~vault_plugin_sdk.framework.errors.StorageError`."""
 
     async def get(self, key: str) -> StorageEntry | None:
         """The entry at ``key``, or ``None``."""

@@ -34,25 +34,19 @@ class HandshakeConfig:
 
     app_protocol: int
     client_cert_pem: str | None
-    automtls: bool
 
 
 def negotiate(env: Mapping[str, str]) -> HandshakeConfig:
-    """Check the cookie and choose the protocol; raise :class:`NotAPluginHost` if not a host."""
+    """Check the cookie and choose the protocol; raise :class:`NotAPluginHost` if not a host.
+
+    The answer is always protocol v5, whatever ``PLUGIN_PROTOCOL_VERSIONS`` offers: a host
+    that does not offer it then prints a clear "incompatible API version" error instead of
+    hanging. Automatic mTLS is on exactly when the host sent ``PLUGIN_CLIENT_CERT``.
+    """
     if env.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         raise NotAPluginHost(NOT_A_HOST_MESSAGE)
-    offered: set[int] = set()
-    for part in env.get("PLUGIN_PROTOCOL_VERSIONS", "").split(","):
-        if part.strip().isdigit():
-            offered.add(int(part.strip()))
-    # When v5 is not offered, answering with it anyway lets the host print a clear
-    # "incompatible API version" error instead of hanging.
-    protocol = APP_PROTOCOL_VERSION
     cert = env.get("PLUGIN_CLIENT_CERT") or None
-    automtls_flag = env.get("BAO_PLUGIN_AUTOMTLS_ENABLED", env.get("VAULT_PLUGIN_AUTOMTLS_ENABLED"))
-    automtls = cert is not None and automtls_flag != "false"
-    del offered
-    return HandshakeConfig(app_protocol=protocol, client_cert_pem=cert, automtls=automtls)
+    return HandshakeConfig(app_protocol=APP_PROTOCOL_VERSION, client_cert_pem=cert)
 
 
 def handshake_line(*, app_protocol: int, socket_path: str, server_cert_der: bytes | None) -> str:

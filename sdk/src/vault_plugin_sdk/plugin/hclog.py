@@ -6,6 +6,7 @@ import datetime
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 _LEVELS = {
@@ -44,8 +45,11 @@ class HclogFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
-def configure_logging(level: str | None) -> None:
-    """Send the root logger to stderr in hclog JSON at ``level`` (default info)."""
+def configure_logging(level: str | None, quiet: Iterable[str] = ()) -> None:
+    """Send the root logger to stderr in hclog JSON at ``level`` (default info).
+
+    grpclib's HTTP/2 loggers and the ``quiet`` ones are raised to WARNING.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(HclogFormatter())
     root = logging.getLogger()
@@ -60,5 +64,5 @@ def configure_logging(level: str | None) -> None:
     }
     root.setLevel(names.get((level or "info").lower(), logging.INFO))
     # Per-request client logs would flood the host's log at INFO.
-    for chatty in ("httpx", "httpcore", "hpack", "h2"):
+    for chatty in ("hpack", "h2", *quiet):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -10,9 +10,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from grpclib._typing import IServable
 from grpclib.server import Server
 from h2.connection import H2Connection
 
@@ -20,6 +19,7 @@ from ..framework.backend import BackendFactory
 from .broker import Broker
 from .handshake import NotAPluginHost, handshake_line, negotiate
 from .hclog import configure_logging
+from .servable import Servable
 from .services import (
     BackendService,
     ControllerService,
@@ -32,7 +32,6 @@ from .services import (
 log = logging.getLogger("sdk.plugin")
 
 PARENT_POLL_SECONDS = 1.0
-CLOSED_STREAMS_KEPT = 1024
 
 
 def serve(
@@ -41,12 +40,25 @@ def serve(
     version: str,
     multiplex: bool = True,
     env: Mapping[str, str] | None = None,
+    log_to_host: bool = False,
+    quiet_loggers: Iterable[str] = (),
+    max_closed_streams: int | None = None,
 ) -> int:
     """Serve ``factory``'s backends to the host that started this process.
 
     Returns the process exit status: 0 after a clean shutdown, 1 when not started by a
     host (a person ran the executable by hand), in which case a short explanation is
     printed on stderr. ``version`` must be a semantic version such as ``v1.2.3``.
+
+    Process-wide state is left alone unless asked for:
+
+    * ``log_to_host``: send the root logger to stderr as hclog JSON at the level in
+      ``PLUGIN_LOG_LEVEL`` (default info), so the host files each record under its level;
+      ``hpack``/``h2`` and the ``quiet_loggers`` are raised to WARNING.
+    * ``max_closed_streams``: set h2's ``H2Connection.MAX_CLOSED_STREAMS`` (a class attribute).
+      h2 remembers up to 2**16 closed streams per connection; the host opens two streams per
+      request on one long-lived connection, so that set alone grows a busy plugin by ~11 MiB
+      over 50,000 requests. A thousand or so suffice.
     """
     environment = os.environ if env is None else env
     try:
@@ -56,7 +68,10 @@ def serve(
         return 1
     # Ctrl-C on the host's terminal reaches the whole process group: the host decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure_logging(environment.get("PLUGIN_LOG_LEVEL", "info"))
+    if log_to_host:
+        configure_logging(environment.get("PLUGIN_LOG_LEVEL", "info"), quiet=quiet_loggers)
+    if max_closed_streams is not None:
+        H2Connection.MAX_CLOSED_STREAMS = max_closed_streams
     runner = _run(
         factory,
         version=version,
@@ -94,13 +109,9 @@ async def _run(
         from .tls import build_tls
 
         tls = build_tls(client_cert)
-    # h2 remembers up to 2**16 closed streams per connection, to recognise late frames;
-    # the host opens two streams per request on one long-lived connection, so that set alone
-    # grew the process by ~11 MiB over the first 50,000 requests. A few thousand suffice.
-    H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
     broker = Broker(tls.client if tls else None)
     backends = BackendService(factory, broker)
-    services: list[IServable] = [
+    services: list[Servable] = [
         backends,
         broker,
         MultiplexingService(multiplex),

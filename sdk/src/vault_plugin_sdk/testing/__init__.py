@@ -19,24 +19,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from grpclib._typing import IServable
 from grpclib.client import Channel
 from grpclib.server import Stream
 from grpclib.testing import ChannelFor
 
-from .framework.backend import Backend, BackendConfig, BackendFactory
-from .framework.errors import StorageError
-from .framework.storage import StorageEntry
-from .framework.system_view import StaticSystemView, SystemView
-from .plugin.broker import Broker
-from .plugin.codec import encode_error, encode_response
-from .plugin.pb import backend_grpc
-from .plugin.pb import backend_pb2 as pb
-from .plugin.services import MULTIPLEX_ID_KEY, BackendService
+from ..framework.backend import Backend, BackendConfig, BackendFactory
+from ..framework.errors import StorageError
+from ..framework.storage import StorageEntry
+from ..framework.system_view import StaticSystemView, SystemView
+from ..plugin.broker import Broker
+from ..plugin.codec import encode_error, encode_response
+from ..plugin.pb import backend_grpc
+from ..plugin.pb import backend_pb2 as pb
+from ..plugin.servable import Servable
+from ..plugin.services import MULTIPLEX_ID_KEY, BackendService
 
 
 class InMemoryStorage:
-    """A :class:`~skyflow_vault_plugin.sdk.framework.storage.Storage` in a dict.
+    """A :class:`~vault_plugin_sdk.framework.storage.Storage` in a dict.
 
     ``read_only`` makes writes fail like a standby's storage; ``puts`` counts writes.
     """
@@ -77,7 +77,7 @@ class InMemoryStorage:
 
     def _check_writable(self) -> None:
         if self.read_only:
-            from .framework.errors import ReadOnlyStorageError
+            from ..framework.errors import ReadOnlyStorageError
 
             raise ReadOnlyStorageError("cannot write to readonly storage")
 
@@ -131,7 +131,7 @@ class DirectDriver:
         self.storage = storage
 
     async def request(self, message: pb.Request) -> pb.HandleRequestReply:
-        from .plugin.codec import decode_request
+        from ..plugin.codec import decode_request
 
         try:
             request = decode_request(message, self.storage)
@@ -140,7 +140,7 @@ class DirectDriver:
             return pb.HandleRequestReply(err=encode_error(exc))
 
     async def existence(self, message: pb.Request) -> pb.HandleExistenceCheckReply:
-        from .plugin.codec import decode_request
+        from ..plugin.codec import decode_request
 
         found, exists = await self.backend.handle_existence_check(
             decode_request(message, self.storage)
@@ -221,7 +221,7 @@ class SystemViewServer(backend_grpc.SystemViewBase):
     async def EntityInfo(  # noqa: N802
         self, stream: Stream[pb.EntityInfoArgs, pb.EntityInfoReply]
     ) -> None:
-        from .plugin.pb import identity_pb2
+        from ..plugin.pb import identity_pb2
 
         args = await stream.recv_message()
         assert args is not None
@@ -244,7 +244,7 @@ class SystemViewServer(backend_grpc.SystemViewBase):
     async def GroupsForEntity(  # noqa: N802
         self, stream: Stream[pb.EntityInfoArgs, pb.GroupsForEntityReply]
     ) -> None:
-        from .plugin.pb import identity_pb2
+        from ..plugin.pb import identity_pb2
 
         args = await stream.recv_message()
         assert args is not None
@@ -255,7 +255,7 @@ class SystemViewServer(backend_grpc.SystemViewBase):
         await stream.send_message(pb.GroupsForEntityReply(groups=groups))
 
     async def PluginEnv(self, stream: Stream[pb.Empty, pb.PluginEnvReply]) -> None:  # noqa: N802
-        from .plugin.pb import environment_pb2
+        from ..plugin.pb import environment_pb2
 
         await stream.recv_message()
         env = environment_pb2.PluginEnvironment(vault_version=self.view.version)
@@ -354,7 +354,7 @@ async def open_driver(
         return
     if kind != "grpc":
         raise ValueError(f"unknown driver kind {kind!r}")
-    host_services: list[IServable] = [StorageServer(storage), SystemViewServer(view)]
+    host_services: list[Servable] = [StorageServer(storage), SystemViewServer(view)]
     async with ChannelFor(host_services) as host_channel:
         service = BackendService(factory, _LoopbackBroker(host_channel))
         async with ChannelFor([service]) as plugin_channel:
