@@ -26,8 +26,6 @@ from typing import Any
 
 import httpx
 
-import skyflow_emulator
-
 __all__ = ["EmulatorAdmin", "EmulatorError", "EmulatorProcess"]
 
 
@@ -184,7 +182,7 @@ class EmulatorProcess:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # make the package importable in the child even when it is not installed
-        src = str(Path(skyflow_emulator.__file__).resolve().parent.parent)
+        src = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         with (self._state_dir / "emulator.log").open("ab") as log:
             self._proc = subprocess.Popen(
