@@ -6,10 +6,8 @@ reports positions, not text.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,61 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
-from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from tests.skyflow.conftest import POLICY
+from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient
 
-POLICY = ExchangePolicy(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=2.0,
-    max_attempts=3,
-    backoff_base=0.01,
-    backoff_max=0.02,
-)
-
-
-# ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("config-tests-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("config-tests-b")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-
-
-@contextlib.asynccontextmanager
-async def open_client(kind: str, emulator: InProcessEmulator) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
-    async with open_driver(kind, make_factory(settings)) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/insurance/")
-
-
-@pytest.fixture(params=["direct", "grpc"])
-async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
-) -> AsyncIterator[PluginTestClient]:
-    async with open_client(request.param, emulator) as test_client:
-        yield test_client
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 
 # -------------------------------------------------------------------------------- helpers

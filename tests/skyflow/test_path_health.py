@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION, EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from vault_plugin_sdk.framework import StorageEntry
-from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient, open_driver
+from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,
@@ -23,33 +21,8 @@ POLICY = ExchangePolicy(
 )
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("health-tests")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-    emulator.state.token_lifetime = 3600
-
-
-@pytest.fixture(params=["direct", "grpc"])
-async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
-) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(transport=emulator.transport(), policy=POLICY)
-    async with open_driver(request.param, make_factory(settings)) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/clcm/")
+MOUNT_POINT = "skyflow/clcm/"
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 
 async def test_healthy(
