@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from tests.skyflow import conftest
 from vault_plugin_sdk.framework import StorageEntry
 from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient
 
-POLICY = ExchangePolicy(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=2.0,
-    max_attempts=2,
-    backoff_base=0.01,
-    backoff_max=0.02,
-)
-
-
+POLICY = dataclasses.replace(conftest.POLICY, max_attempts=2)
 MOUNT_POINT = "skyflow/clcm/"
 pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
