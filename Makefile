@@ -12,13 +12,15 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --all
 
 venv: $(VENV)/.installed
 
-# The runtime dependencies come from the lock, as in production; then the project and its
-# dev tools (which must not move a locked version: tests/test_install.py checks).
-$(VENV)/.installed: pyproject.toml $(LOCK)
+# The runtime dependencies come from the lock, as in production; then the plugin (with its
+# SDK) and its dev tools (which must not move a locked version: tests/test_install.py checks),
+# plus, editable, the dev-only distributions: the Skyflow emulator and the OpenBao
+# harness/demo (devtools). The plugin's own wheel carries neither.
+$(VENV)/.installed: pyproject.toml $(LOCK) sdk/pyproject.toml emulator/pyproject.toml devtools/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e ./emulator -e ./devtools
 	touch $@
 
 lock: venv  ## rewrite requirements.lock after a change of pyproject's dependencies
@@ -34,8 +36,8 @@ proto-check: venv  ## fail when the committed generated code is not current
 	scripts/check_proto.sh
 
 lint: venv
-	$(BIN)/ruff check src tests bench examples scripts
-	$(BIN)/ruff format --check src tests bench examples scripts
+	$(BIN)/ruff check src sdk emulator devtools tests bench examples scripts
+	$(BIN)/ruff format --check src sdk emulator devtools tests bench examples scripts
 
 typecheck: venv
 	$(BIN)/mypy
@@ -50,10 +52,10 @@ test: venv proto-check lint typecheck  ## everything CI runs
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: venv  ## OpenBao + the Skyflow emulator + three business-unit mounts
-	$(BIN)/python -m skyflow_vault_plugin.devtools.demo
+	$(BIN)/python -m skyflow_devtools.demo
 
 demo-stop:
-	$(BIN)/python -m skyflow_vault_plugin.devtools.demo --stop
+	$(BIN)/python -m skyflow_devtools.demo --stop
 
 bench: venv
 	$(BIN)/python -m bench

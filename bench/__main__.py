@@ -13,8 +13,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from skyflow_devtools.openbao import bao_binary
 from skyflow_vault_plugin import __version__
-from skyflow_vault_plugin.devtools.openbao import bao_binary
 
 SECTIONS = ("plugin_read", "token_path", "telemetry")
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.stack import BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
-from skyflow_vault_plugin.devtools.openbao import plugin_pids
+from skyflow_devtools.openbao import plugin_pids
 from skyflow_vault_plugin.install import fake_host_environment, measure_startup
 
 SECONDS = 10

@@ -9,16 +9,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     install_plugin,
     plugin_pids,
     python_launcher,
 )
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_devtools.sdk_example import kv_example_launcher
+from skyflow_emulator.process import EmulatorProcess
 
 SKYFLOW_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
-KV_LAUNCHER = python_launcher("skyflow_vault_plugin.sdk.examples.kv")
+KV_LAUNCHER = kv_example_launcher()
 UNITS = ("insurance", "lending", "clcm")
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from bench.stack import BenchStack, bench_stack
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_emulator.process import EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import TokenClient
 from skyflow_vault_plugin.skyflow.credentials import parse_credentials
 

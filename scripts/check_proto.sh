@@ -5,12 +5,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 "$root/scripts/gen_proto.sh" "$scratch" >/dev/null
-pb=skyflow_vault_plugin/sdk/plugin/pb
+pb=vault_plugin_sdk/plugin/pb
 status=0
 for generated in "$scratch/$pb"/*; do
   name=$(basename "$generated")
-  if ! cmp -s "$generated" "$root/src/$pb/$name"; then
-    echo "generated file out of date: src/$pb/$name (run: make proto)" >&2
+  if ! cmp -s "$generated" "$root/sdk/src/$pb/$name"; then
+    echo "generated file out of date: sdk/src/$pb/$name (run: make proto)" >&2
     status=1
   fi
 done

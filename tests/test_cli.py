@@ -12,7 +12,7 @@ import pytest
 
 from skyflow_vault_plugin import __version__
 from skyflow_vault_plugin.cli import main
-from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY
+from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY
 
 SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"
 
@@ -153,7 +153,7 @@ def test_a_bad_engine_variable_stops_the_process_with_a_logged_error(
     import json
     import os
 
-    from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_VALUE
 
     env = dict(os.environ, **{MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE, variable: value})
     env["PLUGIN_PROTOCOL_VERSIONS"] = "5"

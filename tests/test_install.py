@@ -25,6 +25,7 @@ from types import ModuleType
 import pytest
 
 import skyflow_vault_plugin
+import vault_plugin_sdk
 from skyflow_vault_plugin import launcher
 from skyflow_vault_plugin.install import (
     InstallError,
@@ -112,14 +113,18 @@ def test_collect_files_pins_record_files_and_skips_volatile_ones(
 ) -> None:
     dist = _fake_dist(tmp_path / "site", tamper=False)
     roots, files = collect_files(package_copy, [dist])
-    assert roots == [str(package_copy.parent), str((tmp_path / "site").resolve())]
+    sdk_root = str(Path(vault_plugin_sdk.__file__).resolve().parents[1])
+    assert roots == [str(package_copy.parent), sdk_root, str((tmp_path / "site").resolve())]
     rels = {(f.root_index, f.rel) for f in files}
     assert (0, "skyflow_vault_plugin/cli.py") in rels
     assert (0, "skyflow_vault_plugin/launcher.py") in rels
-    assert (1, "fakepkg/__init__.py") in rels
-    assert (1, "fakepkg-1.0.dist-info/METADATA") in rels
+    # the SDK the engine runs on is pinned, its test helpers for plugin authors are not
+    assert (1, "vault_plugin_sdk/plugin/serve.py") in rels
+    assert not any(rel.startswith("vault_plugin_sdk/testing") for _, rel in rels)
+    assert (2, "fakepkg/__init__.py") in rels
+    assert (2, "fakepkg-1.0.dist-info/METADATA") in rels
     # RECORD differs with how pip was run; scripts in bin/ are never imported
-    assert (1, "fakepkg-1.0.dist-info/RECORD") not in rels
+    assert (2, "fakepkg-1.0.dist-info/RECORD") not in rels
     assert not any("__pycache__" in rel or rel.startswith("..") for _, rel in rels)
 
 
@@ -620,6 +625,6 @@ def test_the_lock_pins_exactly_the_runtime_dependencies_with_hashes() -> None:
 
 def test_the_launcher_knows_the_host_cookie() -> None:
     """The launcher is standard library only, so it repeats the go-plugin cookie."""
-    from skyflow_vault_plugin.sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
 
     assert launcher.HOST_COOKIE == (MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)

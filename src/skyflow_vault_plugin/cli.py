@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .sdk.framework import Backend, BackendConfig
+    from vault_plugin_sdk.framework import Backend, BackendConfig
 
 PROG = "skyflow-vault-plugin"
+# Process-wide settings the SDK's serve() leaves alone unless asked (see its docstring).
+QUIET_LOGGERS = ("httpx", "httpcore")  # per-request client logs would flood the host's log
+MAX_CLOSED_STREAMS = 1024  # h2 keeps 2**16 per connection by default: ~11 MiB per 50k requests
 
 BY_HAND_MESSAGE = f"""\
 This binary is a plugin. These are not meant to be executed directly.
@@ -52,7 +55,7 @@ def _version() -> str:
 
 
 def _serve() -> int:
-    from .sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
 
     if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
         print(BY_HAND_MESSAGE, file=sys.stderr, end="")
@@ -66,9 +69,16 @@ def _serve() -> int:
     except EnvError as exc:
         _log_startup_error(f"the plugin cannot start: {exc}")
         return 1
-    from .sdk.plugin import serve
+    from vault_plugin_sdk.plugin import serve
 
-    return serve(_engine_factory, version=_version())
+    return serve(
+        _engine_factory,
+        version=_version(),
+        log_to_host=True,
+        quiet_loggers=QUIET_LOGGERS,
+        max_closed_streams=MAX_CLOSED_STREAMS,
+        no_core_dumps=True,
+    )
 
 
 def _log_startup_error(message: str) -> None:
@@ -76,7 +86,7 @@ def _log_startup_error(message: str) -> None:
     name (plain text would only show at debug level)."""
     import logging
 
-    from .sdk.plugin.hclog import configure_logging
+    from vault_plugin_sdk.plugin.hclog import configure_logging
 
     configure_logging("error")
     logging.getLogger("skyflow").error(message)

@@ -2,10 +2,11 @@
 
 The host pins the sha256 of the one file it runs. :func:`install` writes that file as a
 *launcher* (see :mod:`skyflow_vault_plugin.launcher`) which embeds the sha256 of every file
-the plugin can import: the ``skyflow_vault_plugin`` package, the installed files of its runtime
-dependencies (their ``dist-info/RECORD``), and byte-code compiled from them now. The launcher
-checks them all before importing any of them, so the registered sha256 covers the code that
-runs, not only the launcher.
+the plugin can import: the ``skyflow_vault_plugin`` and ``vault_plugin_sdk`` packages, the
+installed files of its runtime dependencies (their ``dist-info/RECORD``), and byte-code
+compiled from them now (the SDK's test helpers, ``vault_plugin_sdk.testing``, excepted). The
+launcher checks them all before importing any of them, so the registered sha256 covers the
+code that runs, not only the launcher.
 
 Files written into the plugin directory ``DIR`` for ``--name NAME``:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import importlib.util
 import json
 import marshal
 import os
@@ -61,6 +63,11 @@ __all__ = [
 DEFAULT_NAME = "skyflow"
 DIST_NAME = "skyflow-vault-plugin"
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The SDK the engine runs on: a top-level package of its own, in this distribution's wheel.
+SDK_PACKAGE = "vault_plugin_sdk"
+# Test helpers plugin authors use in their own tests: never run by the plugin, never pinned
+# (an import of them from the launcher fails as "not pinned").
+_UNPINNED_PACKAGES = ("vault_plugin_sdk/testing/",)
 ENTRY_POINT = "skyflow_vault_plugin.cli:main"
 BYTECODE_FILE = ".{name}.bytecode"
 # Never imported or read by the plugin (type stubs, C sources), or rewritten by installers
@@ -147,6 +154,15 @@ def _walk(directory: Path) -> Iterator[Path]:
             yield Path(current) / name
 
 
+def _sdk_dir() -> Path:
+    """The SDK's package directory (walked like the engine's: an editable install's RECORD
+    does not list it)."""
+    spec = importlib.util.find_spec(SDK_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InstallError(f"{SDK_PACKAGE} is not installed in {sys.prefix}; reinstall the plugin")
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
 def collect_files(
     package_dir: Path, distributions: Iterable[metadata.Distribution]
 ) -> tuple[list[str], list[_File]]:
@@ -170,13 +186,18 @@ def collect_files(
             path.name in _UNPINNED_METADATA and path.parent.name.endswith(".dist-info")
         ):
             return
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(_UNPINNED_PACKAGES):
+            return
         if root not in roots:
             roots.append(root)
-        rel = path.relative_to(root).as_posix()
         files.setdefault(f"{root}/{rel}", _File(roots.index(root), rel, path))
 
     for path in _walk(package_dir):
         add(roots[0], path)
+    sdk_dir = _sdk_dir()
+    for path in _walk(sdk_dir):
+        add(str(sdk_dir.parent), path)
     for dist in distributions:
         base = Path(str(dist.locate_file(""))).resolve()
         for entry in dist.files or []:
@@ -547,7 +568,7 @@ def _self_signed_pem() -> str:
 
 def fake_host_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a v5 host starts a plugin with (cookie, protocol, client cert)."""
-    from .sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
 
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
     env.update(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -18,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient, BaoError
-from skyflow_vault_plugin.devtools.cluster import OpenBaoCluster, install_plugin_cluster
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.client import BaoClient, BaoError
+from skyflow_devtools.cluster import OpenBaoCluster, install_plugin_cluster
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     bao_binary,
     controlled_environment,
@@ -32,8 +31,7 @@ from skyflow_vault_plugin.devtools.openbao import (
     reload_plugin,
     write_plugin_executable,
 )
-
-SDK_EXAMPLE = "skyflow_vault_plugin.sdk.examples.kv"
+from skyflow_devtools.sdk_example import KV_EXAMPLE, kv_example_launcher
 
 
 def _pid_alive(pid: int) -> bool:
@@ -288,12 +286,9 @@ def test_start_retries_when_the_chosen_port_is_taken(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(
-    importlib.util.find_spec(SDK_EXAMPLE) is None, reason="the SDK example plugin is missing"
-)
 def test_sdk_example_plugin_installs_mounts_and_serves(dev_server: OpenBaoServer) -> None:
     client = dev_server.client()
-    info = install_plugin(dev_server, name="example-kv", executable=python_launcher(SDK_EXAMPLE))
+    info = install_plugin(dev_server, name="example-kv", executable=kv_example_launcher())
     # Registered without a version: the catalog keeps the plugin's self-reported one.
     assert info.version == "v0.1.0"
     client.enable_secrets("ex", "example-kv")
@@ -348,11 +343,9 @@ def test_cluster_forms_forwards_and_fails_over(tmp_path: Path) -> None:
         assert response.status_code == 200
         assert client.read("kv/data/b")["data"]["data"] == {"v": "2"}
 
-        if importlib.util.find_spec(SDK_EXAMPLE) is not None:
+        if KV_EXAMPLE.is_file():
             # A plugin goes onto every node; each unsealed node runs its own process per mount.
-            install_plugin_cluster(
-                cluster, name="example-kv", executable=python_launcher(SDK_EXAMPLE)
-            )
+            install_plugin_cluster(cluster, name="example-kv", executable=kv_example_launcher())
             assert all((n.plugin_dir / "example-kv").is_file() for n in cluster.nodes)
             client.enable_secrets("ex", "example-kv")
             client.write("ex/kv/alice", {"value": {"role": "admin"}})

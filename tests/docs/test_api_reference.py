@@ -25,20 +25,21 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework.help import display_pattern
-from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from vault_plugin_sdk.framework.help import display_pattern
+from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 REPO = Path(__file__).resolve().parents[2]
 API = REPO / "docs" / "api.md"
 OPERATIONS = REPO / "docs" / "operations.md"
-SOURCE = REPO / "src" / "skyflow_vault_plugin"
+# What the plugin runs: the engine and the SDK it is built on.
+SOURCES = (REPO / "src" / "skyflow_vault_plugin", REPO / "sdk" / "src" / "vault_plugin_sdk")
 POLICY = ExchangePolicy(
     connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_attempts=2, backoff_base=0.01
 )
@@ -374,7 +375,7 @@ def _source_strings() -> list[str]:
     """Every string literal of the package, implicit concatenations joined (as the parser
     does), f-string fields replaced by NUL."""
     found: list[str] = []
-    for path in SOURCE.rglob("*.py"):
+    for path in (p for source in SOURCES for p in source.rglob("*.py")):
         if "pb" in path.parent.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import (
-    OpenBaoServer,
-    PluginInfo,
-    free_port,
-    python_launcher,
-)
-from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
+from skyflow_devtools.client import BaoClient
+from skyflow_devtools.openbao import OpenBaoServer, PluginInfo, free_port, python_launcher
+from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
 from skyflow_vault_plugin.install import install
 
 PLUGIN_NAME = "skyflow"

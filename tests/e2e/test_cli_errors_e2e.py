@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from skyflow_vault_plugin.emulator.process import EmulatorAdmin
+from skyflow_emulator.process import EmulatorAdmin
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack
@@ -94,7 +94,7 @@ def test_config_errors(stack: SkyflowStack, account_file: Path) -> None:
             ),
             Case(
                 ("write", f"{path}/config", "credentials_file_path=/nonexistent/sa.json"),
-                ("Code: 400", "does not exist"),
+                ("Code: 400", "(this mount's directory)"),
             ),
             Case(
                 ("write", f"{path}/config", "validate_credentials=maybe", "description=x"),
@@ -219,7 +219,12 @@ def test_creds_errors_from_skyflow(
     fresh_emulator.set_faults(fail_status=503)
     run_cases(
         stack,
-        [Case(("read", f"{mount}/creds/fresh"), ("Code: 503", "Skyflow is unavailable (HTTP 503"))],
+        [
+            Case(
+                ("read", f"{mount}/creds/fresh"),
+                ("Code: 503", "Skyflow token request failed: failing (HTTP 503"),
+            )
+        ],
     )
 
 

@@ -17,7 +17,7 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.openbao import bao_binary, controlled_environment
+from skyflow_devtools.openbao import bao_binary, controlled_environment
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack, UnitMount
@@ -248,9 +248,9 @@ def test_error_bodies_as_documented(stack: SkyflowStack, unit_mount: UnitMount) 
         "invalid value for field 'role_id': unknown field for this path; did you mean 'role_ids'?"
     ]
     # Other statuses arrive wrapped by the server, as api.md shows.
-    missing = httpx.get(f"{base}/creds/nope", headers=headers)
+    missing = httpx.get(f"{base}/roles/nope", headers=headers)
     assert missing.status_code == 404
-    assert missing.json()["errors"] == ["1 error occurred:\n\t* role 'nope' does not exist\n\n"]
+    assert missing.json()["errors"] == []  # a read of a missing object: no message at all
     stack.admin.set_faults(fail_status=503)
     try:
         down = httpx.post(f"{base}/creds/r", headers=headers, json={"ctx": "fresh-ctx"})
@@ -258,12 +258,12 @@ def test_error_bodies_as_documented(stack: SkyflowStack, unit_mount: UnitMount) 
         stack.admin.reset()
     assert down.status_code == 503
     (message,) = down.json()["errors"]
-    assert message.startswith("1 error occurred:\n\t* Skyflow is unavailable")
+    assert message.startswith("1 error occurred:\n\t* Skyflow token request failed: failing")
     assert message.endswith("\n\n")
-    # `bao read` turns any 404 into "No value found"; `bao write` prints the wrapped text.
-    read = bao(stack, "read", f"{path}/creds/nope")
+    # `bao read` turns any 404 into "No value found"; an unknown role is a 400 it prints.
+    read = bao(stack, "read", f"{path}/roles/nope")
     assert read.returncode == 2
-    assert read.stderr == f"No value found at {path}/creds/nope\n"
-    written = bao(stack, "write", "-force", f"{path}/creds/nope")
-    assert written.returncode == 2
-    assert "* 1 error occurred:\n\t* role 'nope' does not exist" in written.stderr
+    assert read.stderr == f"No value found at {path}/roles/nope\n"
+    unknown = bao(stack, "read", f"{path}/creds/nope")
+    assert unknown.returncode == 2
+    assert "* role 'nope' does not exist" in unknown.stderr

@@ -22,8 +22,8 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient, error_text, fail_status
-from skyflow_vault_plugin.emulator.process import EmulatorAdmin
+from skyflow_devtools.client import BaoClient, error_text, fail_status
+from skyflow_emulator.process import EmulatorAdmin
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack

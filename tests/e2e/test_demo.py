@@ -24,7 +24,7 @@ def _demo(work_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "skyflow_vault_plugin.devtools.demo",
+            "skyflow_devtools.demo",
             "--work-dir",
             str(work_dir),
             *list(args),

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 import skyflow_vault_plugin
-from skyflow_vault_plugin.devtools.client import BaoError
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, plugin_pids, poll_until
-from skyflow_vault_plugin.emulator import EmulatorProcess
+from skyflow_devtools.client import BaoError
+from skyflow_devtools.openbao import OpenBaoServer, plugin_pids, poll_until
+from skyflow_emulator import EmulatorProcess
 from skyflow_vault_plugin.install import Installation, install
 
 SCRIPT = Path(sys.executable).parent / "skyflow-vault-plugin"

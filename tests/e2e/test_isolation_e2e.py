@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from skyflow_vault_plugin.devtools.client import error_text
+from skyflow_devtools.client import error_text
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer
-from skyflow_vault_plugin.emulator import EmulatorProcess
+from skyflow_devtools.client import BaoClient
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_emulator import EmulatorProcess
 from skyflow_vault_plugin.install import install
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.client import BaoClient
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     install_plugin,
     plugin_pids,
-    python_launcher,
     reload_plugin,
 )
+from skyflow_devtools.sdk_example import kv_example_launcher
 
 pytestmark = pytest.mark.e2e
 
-LAUNCHER = python_launcher("skyflow_vault_plugin.sdk.examples.kv")
+LAUNCHER = kv_example_launcher()
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,26 @@ def test_path_help(server: OpenBaoServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "Read and write one entry." in result.stdout
     assert "value (map)" in result.stdout
+
+
+def test_openapi_lists_the_mounts_paths_fields_and_summaries(client: BaoClient) -> None:
+    # The server asks each mount's root for help and merges its `openapi` paths (the UI and
+    # client generators read this document).
+    spec = client.request("GET", "sys/internal/specs/openapi").json()
+    paths = spec["paths"]
+    entry = paths["/kva/kv/{name}"]
+    assert entry["description"] == "Read and write one entry."
+    assert entry["parameters"][0]["name"] == "name"
+    assert entry["parameters"][0]["in"] == "path"
+    assert entry["parameters"][0]["schema"]["type"] == "string"
+    assert entry["parameters"][0]["description"] == "Name of the entry."
+    assert entry["get"]["summary"] == "Read an entry."
+    assert entry["delete"]["summary"]
+    body = entry["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["value"]["type"] == "object"
+    assert body["properties"]["value"]["description"]
+    assert "/kvb/kv/{name}" in paths
+    assert paths["/kva/info"]["get"]["summary"] == "Describe the mount."
 
 
 def test_error_codes(client: BaoClient) -> None:
@@ -159,7 +179,7 @@ def test_data_survives_a_raft_restart(tmp_path: Path) -> None:
 def test_writes_sent_to_a_standby_are_forwarded_to_the_active_node(tmp_path: Path) -> None:
     """A standby's plugin sees read-only storage; the SDK reports it with the text that
     makes the host forward the request to the active node instead of failing."""
-    from skyflow_vault_plugin.devtools.cluster import OpenBaoCluster, install_plugin_cluster
+    from skyflow_devtools.cluster import OpenBaoCluster, install_plugin_cluster
 
     with OpenBaoCluster(tmp_path / "cluster", log_level="info") as cluster:
         install_plugin_cluster(cluster, name="kvpy", executable=LAUNCHER)

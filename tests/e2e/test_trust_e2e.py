@@ -17,15 +17,15 @@ from pathlib import Path
 import certifi
 import pytest
 
-from skyflow_vault_plugin.devtools.client import error_text
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.client import error_text
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     install_plugin,
     poll_until,
     python_launcher,
 )
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
-from skyflow_vault_plugin.emulator.tls import CertificateAuthority
+from skyflow_emulator.process import EmulatorProcess
+from skyflow_emulator.tls import CertificateAuthority
 from skyflow_vault_plugin.install import install
 from skyflow_vault_plugin.skyflow.trust import CHECK_INTERVAL
 
@@ -47,12 +47,24 @@ def servers(
         yield bao, emulator
 
 
+def hosts(emulator: EmulatorProcess) -> str:
+    """The emulator's ``127.0.0.1:<port>``, the token host the plugin may call."""
+    return emulator.plugin_env()["SKYFLOW_ALLOWED_TOKEN_HOSTS"]
+
+
 def test_skyflow_ca_file_in_the_catalog_trusts_a_private_ca(
     servers: tuple[OpenBaoServer, EmulatorProcess],
 ) -> None:
     bao, emulator = servers
     # As docs/operations.md has it: install with the CA setting, run the printed command.
-    installed = install(bao.plugin_dir, "skyflow", env=[f"SKYFLOW_CA_FILE={emulator.ca_file}"])
+    installed = install(
+        bao.plugin_dir,
+        "skyflow",
+        env=[
+            f"SKYFLOW_CA_FILE={emulator.ca_file}",
+            f"SKYFLOW_ALLOWED_TOKEN_HOSTS={hosts(emulator)}",
+        ],
+    )
     bao.cli(*installed.bao_register_argv()[1:], check=True)
     client = bao.client()
     client.enable_secrets("skyflow/insurance", "skyflow")
@@ -74,7 +86,7 @@ def test_ssl_cert_file_in_the_catalog_loses_to_the_servers(
         bao,
         name="skyflow-sslcert",
         executable=PLUGIN_LAUNCHER,
-        env={"SSL_CERT_FILE": emulator.ca_file},
+        env={"SSL_CERT_FILE": emulator.ca_file, "SKYFLOW_ALLOWED_TOKEN_HOSTS": hosts(emulator)},
     )
     client = bao.client()
     client.enable_secrets("legacy", "skyflow-sslcert")
@@ -97,7 +109,10 @@ def test_a_changed_ca_file_is_picked_up_without_a_reload(
     bundle = tmp_path / "skyflow-ca.pem"
     CertificateAuthority.generate("not the emulator's CA").write_cert(bundle)
     install_plugin(
-        bao, name="skyflow-reload", executable=PLUGIN_LAUNCHER, env={"SKYFLOW_CA_FILE": str(bundle)}
+        bao,
+        name="skyflow-reload",
+        executable=PLUGIN_LAUNCHER,
+        env={"SKYFLOW_CA_FILE": str(bundle), "SKYFLOW_ALLOWED_TOKEN_HOSTS": hosts(emulator)},
     )
     client = bao.client()
     client.enable_secrets("reload", "skyflow-reload")

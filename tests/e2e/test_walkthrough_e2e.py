@@ -5,8 +5,9 @@ uninitialised and sealed for the page's own ``bao operator init``/``unseal``), t
 emulator over HTTPS, and a fresh virtualenv that the page's commands create and install the
 plugin into. The test sets only the variables the page documents (``BAO_ADDR``,
 ``PLUGIN_DIR``, ``PREFIX``, ``PLUGIN_SOURCE``, ``SKYFLOW_CA_FILE``,
-``SKYFLOW_ALLOWED_TOKEN_HOSTS``, ``INSURANCE_SA``, ``LENDING_SA``); the server itself does not trust the emulator's CA, so the page's
-registration has to carry it. Tokens are decoded, never printed.
+``SKYFLOW_ALLOWED_TOKEN_HOSTS``, ``INSURANCE_SA``, ``LENDING_SA``); the server itself does
+not trust the emulator's CA, so the page's registration has to carry it. Tokens are
+decoded, never printed.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Any
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, bao_binary
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_devtools.openbao import OpenBaoServer, bao_binary
+from skyflow_emulator.process import EmulatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ import certifi
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import EmulatorError, EmulatorProcess
+from skyflow_emulator import EmulatorError, EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import (
     ServiceAccount,

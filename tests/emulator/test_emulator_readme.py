@@ -7,8 +7,8 @@ from pathlib import Path
 
 from starlette.routing import Route
 
-import skyflow_vault_plugin.emulator as emulator_package
-from skyflow_vault_plugin.emulator import create_app
+import skyflow_emulator as emulator_package
+from skyflow_emulator import create_app
 
 README = Path(emulator_package.__file__).resolve().parent / "README.md"
 

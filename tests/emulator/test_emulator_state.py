@@ -14,7 +14,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import EmulatorError, EmulatorProcess
+from skyflow_emulator import EmulatorError, EmulatorProcess
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected

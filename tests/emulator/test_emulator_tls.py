@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from skyflow_vault_plugin.emulator.tls import CertificateAuthority, server_ssl_files
+from skyflow_emulator.tls import CertificateAuthority, server_ssl_files
 
 
 def test_server_certificate_is_signed_for_local_hosts(tmp_path: Path) -> None:

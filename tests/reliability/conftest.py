@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.openbao import (
+from skyflow_devtools.client import BaoClient
+from skyflow_devtools.openbao import (
     OpenBaoServer,
     PluginInfo,
     install_plugin,
@@ -30,7 +30,7 @@ from skyflow_vault_plugin.devtools.openbao import (
     poll_until,
     python_launcher,
 )
-from skyflow_vault_plugin.emulator.process import EmulatorAdmin, EmulatorProcess
+from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
 
 PLUGIN_NAME = "skyflow"
 PLUGIN_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")

@@ -30,10 +30,10 @@ from typing import Any
 import jwt
 import pytest
 
-from skyflow_vault_plugin.devtools.client import BaoClient
-from skyflow_vault_plugin.devtools.cluster import OpenBaoCluster, install_plugin_cluster
-from skyflow_vault_plugin.devtools.openbao import OpenBaoServer, poll_until
-from skyflow_vault_plugin.emulator.process import EmulatorProcess
+from skyflow_devtools.client import BaoClient
+from skyflow_devtools.cluster import OpenBaoCluster, install_plugin_cluster
+from skyflow_devtools.openbao import OpenBaoServer, poll_until
+from skyflow_emulator.process import EmulatorProcess
 
 from .conftest import PLUGIN_LAUNCHER, PLUGIN_NAME, error_text
 

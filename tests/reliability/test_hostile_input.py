@@ -37,11 +37,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 from .conftest import Stack, error_text
 

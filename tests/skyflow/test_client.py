@@ -13,8 +13,8 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.client import (
     ASSERTION_LIFETIME,
     GRANT_TYPE,

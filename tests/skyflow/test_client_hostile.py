@@ -17,8 +17,7 @@ import httpx
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.testing import PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow import client as client_module
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import (
@@ -29,6 +28,7 @@ from skyflow_vault_plugin.skyflow.client import (
 )
 from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, TokenHosts, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected, SkyflowUnavailable
+from vault_plugin_sdk.testing import PluginTestClient, open_driver
 
 FAST = ExchangePolicy(deadline=2.0, backoff_base=0.01, backoff_max=0.02, max_attempts=2)
 CHUNK = 64 * 1024

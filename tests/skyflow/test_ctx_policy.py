@@ -12,14 +12,14 @@ from typing import Any
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.framework import Alias, Entity, Group, StaticSystemView
-from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.ctx_policy import CtxPolicy, Identity, check_template, resolve_ctx
 from skyflow_vault_plugin.skyflow.errors import InvalidContext
+from vault_plugin_sdk.framework import Alias, Entity, Group, StaticSystemView
+from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from skyflow_vault_plugin.sdk.framework import StorageEntry
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry
+from vault_plugin_sdk.framework import StorageEntry
 
 MARKER = "-----BEGIN " + "PRIVATE KEY-----"  # built at run time, never a committed PEM
 SECRET = MARKER + "c2VjcmV0LWtleS1tYXRlcmlhbA=="

@@ -6,10 +6,8 @@ reports positions, not text.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,63 +15,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+from tests.skyflow.conftest import POLICY, open_client
+from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 
-POLICY = ExchangePolicy(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=2.0,
-    max_attempts=3,
-    backoff_base=0.01,
-    backoff_max=0.02,
-)
-
-
-# ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("config-tests-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("config-tests-b")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-
-
-@contextlib.asynccontextmanager
-async def open_client(
-    kind: str, emulator: InProcessEmulator, credentials_dir: Path | None = None
-) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(
-        transport=emulator.transport(),
-        policy=POLICY,
-        allowed_token_hosts=TokenHosts.parse("emulator.test"),
-        credentials_dir=str(credentials_dir) if credentials_dir else None,
-    )
-    async with open_driver(kind, make_factory(settings)) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/insurance/")
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 
 @pytest.fixture
@@ -88,14 +38,6 @@ def credentials_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tmp_path(credentials_dir: Path) -> Path:
     """Files of these tests go where the mount may read them."""
     return credentials_dir / "skyflow" / "insurance"
-
-
-@pytest.fixture(params=["direct", "grpc"])
-async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator, credentials_dir: Path
-) -> AsyncIterator[PluginTestClient]:
-    async with open_client(request.param, emulator, credentials_dir) as test_client:
-        yield test_client
 
 
 # -------------------------------------------------------------------------------- helpers
@@ -694,7 +636,7 @@ async def test_newer_schema_is_not_misread(client: PluginTestClient, creds: dict
     assert entry is not None
     raw = entry.json()
     raw["schema_version"] = SCHEMA_VERSION + 1
-    from skyflow_vault_plugin.sdk.framework import StorageEntry
+    from vault_plugin_sdk.framework import StorageEntry
 
     await client.storage.put(StorageEntry.from_json("config", raw, seal_wrap=True))
     driver = client.driver

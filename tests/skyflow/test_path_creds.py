@@ -7,93 +7,33 @@ never shown in an assertion message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework import Entity, StaticSystemView
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow import storage as store
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
-from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
+from tests.skyflow.conftest import POLICY, open_client
+from vault_plugin_sdk.framework import Entity, StaticSystemView
+from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
-POLICY = ExchangePolicy(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=2.0,
-    max_attempts=3,
-    backoff_base=0.01,
-    backoff_max=0.02,
-)
 SLACK = 0.75  # seconds allowed beyond a deadline (gRPC hops, scheduling)
 
 
-# ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("creds-tests-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("creds-tests-b")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-    emulator.state.token_lifetime = 3600
-
-
-@pytest.fixture(params=["direct", "grpc"])
-def kind(request: pytest.FixtureRequest) -> str:
-    value: str = request.param
-    return value
-
-
-@contextlib.asynccontextmanager
-async def open_client(
-    kind: str,
-    emulator: InProcessEmulator,
-    *,
-    policy: ExchangePolicy = POLICY,
-    cache_max_entries: int = DEFAULT_MAX_ENTRIES,
-    system_view: StaticSystemView | None = None,
-) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(
-        transport=emulator.transport(),
-        policy=policy,
-        cache_max_entries=cache_max_entries,
-        allowed_token_hosts=EMULATOR_HOSTS,
-    )
-    async with open_driver(kind, make_factory(settings), system_view=system_view) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/insurance/")
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 
 async def configure(client: PluginTestClient, creds: dict[str, str]) -> None:

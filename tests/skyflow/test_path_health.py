@@ -2,61 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework import StorageEntry
-from skyflow_vault_plugin.sdk.testing import GrpcDriver, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow import client as client_module
-from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION, EngineSettings, make_factory
-from skyflow_vault_plugin.skyflow.client import MAX_MOUNT_BACKOFF, ExchangePolicy
+from skyflow_vault_plugin.skyflow.backend import PLUGIN_VERSION
+from skyflow_vault_plugin.skyflow.client import MAX_MOUNT_BACKOFF
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from tests.skyflow import conftest
+from vault_plugin_sdk.framework import StorageEntry
+from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient
+
+POLICY = dataclasses.replace(conftest.POLICY, max_attempts=2)
+MOUNT_POINT = "skyflow/clcm/"
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
-
-POLICY = ExchangePolicy(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=2.0,
-    max_attempts=2,
-    backoff_base=0.01,
-    backoff_max=0.02,
-)
-
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("health-tests")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-    emulator.state.token_lifetime = 3600
-
-
-@pytest.fixture(params=["direct", "grpc"])
-async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
-) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(
-        transport=emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
-    )
-    async with open_driver(request.param, make_factory(settings)) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/clcm/")
 
 
 async def test_healthy(

@@ -6,38 +6,22 @@ Every refused write is followed by a read-back showing that nothing stored chang
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.testing import Outcome, PluginTestClient, open_driver
 from skyflow_vault_plugin.skyflow import path_roles
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
+from vault_plugin_sdk.testing import Outcome, PluginTestClient
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 POLICY = ExchangePolicy(deadline=2.0, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(params=["direct", "grpc"])
-async def client(
-    request: pytest.FixtureRequest, emulator: InProcessEmulator
-) -> AsyncIterator[PluginTestClient]:
-    settings = EngineSettings(
-        transport=emulator.transport(), policy=POLICY, allowed_token_hosts=EMULATOR_HOSTS
-    )
-    async with open_driver(request.param, make_factory(settings)) as driver:
-        yield PluginTestClient(driver, mount_point="skyflow/lending/")
+MOUNT_POINT = "skyflow/lending/"
 
 
 @pytest.fixture

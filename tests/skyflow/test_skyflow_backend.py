@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.sdk.framework import BackendConfig
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend
 from skyflow_vault_plugin.skyflow.trust import shared_tls_context
+from vault_plugin_sdk.framework import BackendConfig
+from vault_plugin_sdk.testing import InMemoryStorage
 
 
 def test_mounts_share_one_tls_trust_store_but_not_a_client(

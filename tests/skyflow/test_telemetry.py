@@ -27,19 +27,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.emulator.state import Faults
-from skyflow_vault_plugin.sdk.framework import (
-    BadRequest,
-    CodedError,
-    FieldData,
-    FieldError,
-    PermissionDenied,
-    Request,
-    StorageError,
-)
-from skyflow_vault_plugin.sdk.plugin.pb import backend_pb2 as pb
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage, PluginTestClient, open_driver
+from skyflow_emulator import InProcessEmulator
+from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
@@ -66,6 +55,17 @@ from skyflow_vault_plugin.skyflow.telemetry import (
 )
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
+from vault_plugin_sdk.framework import (
+    BadRequest,
+    CodedError,
+    FieldData,
+    FieldError,
+    PermissionDenied,
+    Request,
+    StorageError,
+)
+from vault_plugin_sdk.plugin.pb import backend_pb2 as pb
+from vault_plugin_sdk.testing import InMemoryStorage, PluginTestClient, open_driver
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
@@ -348,8 +348,8 @@ async def test_disabled_telemetry_adds_nothing_to_the_hot_path() -> None:
 DISABLED_PROBE = textwrap.dedent(
     """
     import asyncio, json, sys, threading
-    from skyflow_vault_plugin.emulator import InProcessEmulator
-    from skyflow_vault_plugin.sdk.testing import PluginTestClient, open_driver
+    from skyflow_emulator import InProcessEmulator
+    from vault_plugin_sdk.testing import PluginTestClient, open_driver
     from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
     from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 

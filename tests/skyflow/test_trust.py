@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.emulator.tls import CertificateAuthority
-from skyflow_vault_plugin.sdk.framework import BackendConfig
-from skyflow_vault_plugin.sdk.testing import InMemoryStorage
+from skyflow_emulator.tls import CertificateAuthority
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend
 from skyflow_vault_plugin.skyflow.errors import SkyflowUntrusted
 from skyflow_vault_plugin.skyflow.trust import CA_FILE_ENV, CHECK_INTERVAL, TrustStore
+from vault_plugin_sdk.framework import BackendConfig
+from vault_plugin_sdk.testing import InMemoryStorage
 
 
 class Clock:

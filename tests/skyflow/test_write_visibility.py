@@ -21,10 +21,7 @@ from typing import Any
 import jwt
 import pytest
 
-from skyflow_vault_plugin.emulator import InProcessEmulator
-from skyflow_vault_plugin.sdk.framework import BackendConfig, Entity, StaticSystemView
-from skyflow_vault_plugin.sdk.framework.storage import StorageEntry
-from skyflow_vault_plugin.sdk.testing import DirectDriver, InMemoryStorage, PluginTestClient
+from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow import backend as backend_module
 from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend, build_backend
@@ -32,6 +29,9 @@ from skyflow_vault_plugin.skyflow.cache import ByteBudget
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
+from vault_plugin_sdk.framework import BackendConfig, Entity, StaticSystemView
+from vault_plugin_sdk.framework.storage import StorageEntry
+from vault_plugin_sdk.testing import DirectDriver, InMemoryStorage, PluginTestClient
 
 POLICY = ExchangePolicy(connect_timeout=1.0, read_timeout=1.0, deadline=2.0, max_attempts=1)
 

@@ -28,8 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import __version__
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     Backend,
     BackendConfig,
     BackendFactory,
@@ -37,6 +36,8 @@ from ..sdk.framework import (
     Storage,
     SystemView,
 )
+
+from .. import __version__
 from . import storage as store
 from .cache import ByteBudget, TokenCache, process_budget
 from .client import ExchangePolicy, IssuedToken, TokenClient
@@ -379,7 +380,6 @@ def build_backend(engine: SkyflowBackend, config: BackendConfig) -> Backend:
     return Backend(
         help=BACKEND_HELP,
         storage=config.storage,
-        running_version=PLUGIN_VERSION,
         special_paths=SpecialPaths(seal_wrap_storage=(store.CONFIG_KEY, store.ROLE_PREFIX)),
         paths=[
             *config_paths(engine),

@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..sdk.framework import Entity, Group
+from vault_plugin_sdk.framework import Entity, Group
+
 from .client import CTX_KEY
 from .errors import InvalidContext
 

@@ -152,7 +152,7 @@ _NEXT_STEP = {
     FAILING: "Skyflow answered with a server error; retry later",
     BUSY: "this mount's connections to Skyflow are all in use (local congestion, not "
     "Skyflow); retry, or spread the load",
-    UNTRUSTED: "Skyflow's TLS certificate is not trusted, and retrying will not help",
+    UNTRUSTED: "Skyflow's TLS certificate is not trusted by this plugin",
 }
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..sdk.framework import CodedError, FieldError, LogicalError
+from vault_plugin_sdk.framework import CodedError, FieldError, LogicalError
+
 from .errors import InvalidInput, SkyflowRejected, UpstreamError
 
 

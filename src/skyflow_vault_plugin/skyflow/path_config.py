@@ -14,7 +14,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     CodedError,
     Field,
     FieldData,
@@ -26,6 +26,7 @@ from ..sdk.framework import (
     Request,
     Response,
 )
+
 from . import storage as store
 from .backend import HEALTH_CACHE_KEY, SkyflowBackend
 from .errors import InvalidInput, SkyflowRejected, SkyflowUntrusted, UpstreamError

@@ -13,7 +13,7 @@ import time
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     BadRequest,
     Field,
     FieldData,
@@ -25,6 +25,7 @@ from ..sdk.framework import (
     Response,
     name_part,
 )
+
 from .backend import SkyflowBackend
 from .client import IssuedToken, canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx
@@ -93,7 +94,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
         note_error("not_found")
         raise BadRequest(
             f"role {name!r} does not exist; this mount's roles are listed at "
-            f"{req.mount_point}roles/"
+            f"{req.mount_point.rstrip('/')}/roles/"
         )
     config = await b.get_config()
     if config is None:

@@ -19,7 +19,7 @@ import time
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     Field,
     FieldData,
     FieldType,
@@ -29,6 +29,7 @@ from ..sdk.framework import (
     Request,
     Response,
 )
+
 from .backend import HEALTH_CACHE_KEY, PLUGIN_VERSION, SkyflowBackend
 from .client import IssuedToken
 from .errors import SkyflowError, SkyflowRejected

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-from ..sdk.framework import (
+from vault_plugin_sdk.framework import (
     Field,
     FieldData,
     FieldError,
@@ -25,6 +25,7 @@ from ..sdk.framework import (
     Response,
     name_part,
 )
+
 from . import storage as store
 from .backend import SkyflowBackend
 from .client import ACCESS_TOKEN_LIFETIME, CTX_KEY

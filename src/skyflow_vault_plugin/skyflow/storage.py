@@ -10,7 +10,7 @@ import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..sdk.framework import Storage, StorageEntry, StorageError
+from vault_plugin_sdk.framework import Storage, StorageEntry, StorageError
 
 CONFIG_KEY = "config"
 ROLE_PREFIX = "roles/"
@@ -114,7 +114,7 @@ async def save_role(storage: Storage, role: RoleEntry) -> None:
 
 
 async def probe_writable(storage: Storage) -> None:
-    """Raise :class:`~skyflow_vault_plugin.sdk.framework.ReadOnlyStorageError` on a standby
+    """Raise :class:`~vault_plugin_sdk.framework.ReadOnlyStorageError` on a standby
     (or a performance standby), whose storage refuses every write, before any costly work.
 
     Deleting a key that never exists changes nothing on an active node. The error is the

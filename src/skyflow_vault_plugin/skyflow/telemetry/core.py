@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ...sdk.framework import (
+from vault_plugin_sdk.framework import (
     BadRequest,
     FieldData,
     FieldError,
@@ -38,6 +38,7 @@ from ...sdk.framework import (
     Response,
     StorageError,
 )
+
 from ..errors import (
     CredentialsError,
     InvalidContext,

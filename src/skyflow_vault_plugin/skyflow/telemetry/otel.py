@@ -32,8 +32,9 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from vault_plugin_sdk.framework import Request
+
 from ... import __version__
-from ...sdk.framework import Request
 from .core import (
     ATTR_APPLICATION,
     ATTR_CACHE,

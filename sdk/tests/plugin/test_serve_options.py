@@ -1,0 +1,81 @@
+"""serve() leaves process-wide state alone unless its caller asks for each change."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from h2.connection import H2Connection
+
+from vault_plugin_sdk.framework import Backend, BackendConfig
+from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+
+# the module (the package exports the function under the same name)
+serve_module = importlib.import_module("vault_plugin_sdk.plugin.serve")
+HOST_ENV = {MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE, "PLUGIN_EVENT_LOOP": "asyncio"}
+
+
+async def _factory(config: BackendConfig) -> Backend:
+    raise AssertionError("not called: the server is not started in these tests")
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """serve() up to the point where it would start the gRPC server, and the global state
+    it may touch put back afterwards."""
+
+    async def run(*args: Any, **kwargs: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(serve_module, "_run", run)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    loggers = {name: logging.getLogger(name).level for name in ("httpx", "h2", "hpack")}
+    closed_streams = H2Connection.MAX_CLOSED_STREAMS
+    sigint = signal.getsignal(signal.SIGINT)
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in loggers.items():
+        logging.getLogger(name).setLevel(saved)
+    H2Connection.MAX_CLOSED_STREAMS = closed_streams
+    signal.signal(signal.SIGINT, sigint)
+
+
+@pytest.mark.usefixtures("no_server")
+def test_serve_changes_no_logger_and_no_h2_setting_by_default() -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    httpx_level = logging.getLogger("httpx").level
+    closed_streams = H2Connection.MAX_CLOSED_STREAMS
+
+    assert serve_module.serve(_factory, version="v0.1.0", env=HOST_ENV) == 0
+
+    assert root.handlers == handlers
+    assert root.level == level
+    assert logging.getLogger("httpx").level == httpx_level
+    assert closed_streams == H2Connection.MAX_CLOSED_STREAMS
+
+
+@pytest.mark.usefixtures("no_server")
+def test_serve_changes_what_it_is_asked_to() -> None:
+    env = {**HOST_ENV, "PLUGIN_LOG_LEVEL": "debug"}
+    status = serve_module.serve(
+        _factory,
+        version="v0.1.0",
+        env=env,
+        log_to_host=True,
+        quiet_loggers=("httpx",),
+        max_closed_streams=7,
+    )
+    assert status == 0
+    root = logging.getLogger()
+    assert [type(h.formatter).__name__ for h in root.handlers] == ["HclogFormatter"]
+    assert root.level == logging.DEBUG
+    assert logging.getLogger("httpx").level == logging.WARNING
+    assert logging.getLogger("h2").level == logging.WARNING
+    assert H2Connection.MAX_CLOSED_STREAMS == 7

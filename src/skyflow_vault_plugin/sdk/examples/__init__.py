@@ -1,1 +1,0 @@
-"""Example plugins built with the SDK only."""

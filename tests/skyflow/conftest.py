@@ -1,0 +1,112 @@
+"""Shared pieces of the engine's path tests: one in-process Skyflow emulator per module, reset
+around each test that asks for it, and a client on one mount, served in-process (``direct``)
+and through the plugin's real gRPC service (``grpc``).
+
+A module sets ``POLICY`` and ``MOUNT_POINT`` to change what the ``client`` fixture uses;
+``open_client`` builds more clients in a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from skyflow_emulator import InProcessEmulator
+from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy
+from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from vault_plugin_sdk.framework import StaticSystemView
+from vault_plugin_sdk.testing import PluginTestClient, open_driver
+
+POLICY = ExchangePolicy(
+    connect_timeout=1.0,
+    read_timeout=1.0,
+    deadline=2.0,
+    max_attempts=3,
+    backoff_base=0.01,
+    backoff_max=0.02,
+)
+MOUNT_POINT = "skyflow/insurance/"
+EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
+
+
+@pytest.fixture(scope="module")
+def emulator() -> InProcessEmulator:
+    return InProcessEmulator()
+
+
+@pytest.fixture(scope="module")
+def creds(emulator: InProcessEmulator) -> dict[str, str]:
+    return emulator.create_account("tests-a")
+
+
+@pytest.fixture(scope="module")
+def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
+    return emulator.create_account("tests-b")
+
+
+@pytest.fixture
+def fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
+    """No faults, zero counters and one-hour tokens, before and after the test."""
+    emulator.state.reset_faults()
+    emulator.state.reset_stats()
+    emulator.state.token_lifetime = 3600
+    yield
+    emulator.state.reset_faults()
+    emulator.state.token_lifetime = 3600
+
+
+@pytest.fixture(params=["direct", "grpc"])
+def kind(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    kind: str,
+    emulator: InProcessEmulator,
+    credentials_dir: Path | None = None,
+    *,
+    policy: ExchangePolicy = POLICY,
+    mount_point: str = MOUNT_POINT,
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES,
+    system_view: StaticSystemView | None = None,
+) -> AsyncIterator[PluginTestClient]:
+    """A client on a fresh mount whose Skyflow is ``emulator`` (allowed as a token host),
+    reading credentials files under ``credentials_dir`` when given."""
+    settings = EngineSettings(
+        transport=emulator.transport(),
+        policy=policy,
+        cache_max_entries=cache_max_entries,
+        allowed_token_hosts=EMULATOR_HOSTS,
+        credentials_dir=str(credentials_dir) if credentials_dir else None,
+    )
+    async with open_driver(kind, make_factory(settings), system_view=system_view) as driver:
+        yield PluginTestClient(driver, mount_point=mount_point)
+
+
+@pytest.fixture
+def credentials_dir() -> Path | None:
+    """The client's ``SKYFLOW_CREDENTIALS_DIR``; None leaves file mode off. A module that
+    tests file mode overrides this fixture."""
+    return None
+
+
+@pytest.fixture
+async def client(
+    request: pytest.FixtureRequest,
+    kind: str,
+    emulator: InProcessEmulator,
+    credentials_dir: Path | None,
+) -> AsyncIterator[PluginTestClient]:
+    policy = getattr(request.module, "POLICY", POLICY)
+    mount_point = getattr(request.module, "MOUNT_POINT", MOUNT_POINT)
+    async with open_client(
+        kind, emulator, credentials_dir, policy=policy, mount_point=mount_point
+    ) as test_client:
+        yield test_client
