@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpclib.client import Channel
@@ -13,7 +14,9 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1 import health_grpc, health_pb2
 from grpclib.server import Stream
 
+from skyflow_vault_plugin.sdk.framework.backend import Backend, BackendConfig
 from skyflow_vault_plugin.sdk.plugin.broker import Broker
+from skyflow_vault_plugin.sdk.plugin.codec import ERR_UNSUPPORTED_OPERATION
 from skyflow_vault_plugin.sdk.plugin.pb import (
     backend_grpc,
     goplugin_grpc,
@@ -22,7 +25,7 @@ from skyflow_vault_plugin.sdk.plugin.pb import (
     version_pb2,
 )
 from skyflow_vault_plugin.sdk.plugin.pb import backend_pb2 as pb
-from skyflow_vault_plugin.sdk.plugin.services import HealthService
+from skyflow_vault_plugin.sdk.plugin.services import BackendService, HealthService
 from skyflow_vault_plugin.sdk.plugin.transport import GrpcServer, encode_headers
 
 
@@ -70,6 +73,28 @@ class EchoBackend(backend_grpc.BackendBase):
 
     async def Type(self, stream: Stream[pb.Empty, pb.TypeReply]) -> None:  # noqa: N802
         raise NotImplementedError
+
+
+class FastEchoBackend(EchoBackend):
+    """Answers ``operation == "fast"`` synchronously; counts the handler runs."""
+
+    handled = 0
+
+    def __fast_unary__(self) -> dict[str, Callable[[Any], bytes | None]]:
+        return {"/pb.Backend/HandleRequest": self._fast}
+
+    @staticmethod
+    def _fast(args: pb.HandleRequestArgs) -> bytes | None:
+        if args.request.operation != "fast":
+            return None
+        reply = pb.HandleRequestReply(response=pb.Response(data="from bytes"))
+        return reply.SerializeToString()
+
+    async def HandleRequest(  # noqa: N802
+        self, stream: Stream[pb.HandleRequestArgs, pb.HandleRequestReply]
+    ) -> None:
+        FastEchoBackend.handled += 1
+        await super().HandleRequest(stream)
 
 
 class Served:
@@ -198,6 +223,51 @@ async def test_server_streaming_call_answers_then_stays_open_until_shutdown(
                 await asyncio.wait_for(stream.recv_message(), 5)
     finally:
         channel.close()
+
+
+async def test_fast_answers_skip_the_handler_and_others_still_reach_it(
+    tmp_path: Path,
+) -> None:
+    server = GrpcServer([FastEchoBackend()])
+    socket = str(tmp_path / "f.sock")
+    await server.start(path=socket)
+    channel = Channel(path=socket)
+    try:
+        stub = backend_grpc.BackendStub(channel)
+        FastEchoBackend.handled = 0
+        fast = await stub.HandleRequest(_request("x", operation="fast"))
+        assert fast.response.data == "from bytes"
+        assert FastEchoBackend.handled == 0
+        slow = await stub.HandleRequest(_request("y"))
+        assert slow.response.data == "y"
+        assert FastEchoBackend.handled == 1
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_backend_service_answers_resolve_path_from_prebuilt_bytes(
+    tmp_path: Path,
+) -> None:
+    async def factory(config: BackendConfig) -> Backend:
+        raise AssertionError("resolve-path must not need a mount")
+
+    server = GrpcServer([BackendService(factory, Broker(None))])
+    socket = str(tmp_path / "r.sock")
+    await server.start(path=socket)
+    channel = Channel(path=socket)
+    try:
+        stub = backend_grpc.BackendStub(channel)
+        reply = await stub.HandleRequest(_request("creds/x", operation="resolve-path"))
+        assert reply.err.err_type == ERR_UNSUPPORTED_OPERATION
+        # Any other operation goes to the handler, which finds no mount set up.
+        other = await stub.HandleRequest(_request("creds/x"))
+        assert other.err.err_msg == "backend is not set up"
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
 
 
 def test_pre_encoded_header_blocks_decode_without_any_table_state() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf import empty_pb2
 from grpclib.client import Channel
@@ -47,6 +48,7 @@ MULTIPLEX_ID_KEY = "multiplex_id"
 _RESOLVE_PATH_REPLY = pb.HandleRequestReply(
     err=pb.ProtoError(err_type=ERR_UNSUPPORTED_OPERATION, err_msg="unsupported operation")
 )
+_RESOLVE_PATH_BYTES = _RESOLVE_PATH_REPLY.SerializeToString()
 _NOT_SET_UP = pb.ProtoError(err_type=ERR_INTERNAL, err_msg="backend is not set up")
 
 
@@ -70,6 +72,14 @@ class BackendService(backend_grpc.BackendBase):
         self._factory = factory
         self._broker = broker
         self.mounts: dict[str, MountInstance] = {}
+
+    def __fast_unary__(self) -> dict[str, Callable[[Any], bytes | None]]:
+        """Answers the plugin's own transport gives without starting a handler task."""
+        return {"/pb.Backend/HandleRequest": self._resolve_path}
+
+    @staticmethod
+    def _resolve_path(args: pb.HandleRequestArgs) -> bytes | None:
+        return _RESOLVE_PATH_BYTES if args.request.operation == "resolve-path" else None
 
     def _mount(self, stream: Stream[object, object]) -> MountInstance | None:
         return self.mounts.get(_mount_key(stream))

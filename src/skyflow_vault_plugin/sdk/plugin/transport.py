@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol, cast
 
 from grpclib.const import Cardinality, Handler, Status
@@ -109,6 +109,21 @@ class Servable(Protocol):
     def __mapping__(self) -> dict[str, Handler]: ...
 
 
+# A synchronous answer to a unary call: the serialized reply, or ``None`` to run the handler.
+FastAnswer = Callable[[Any], bytes | None]
+
+
+def fast_answers(service: object) -> dict[str, FastAnswer]:
+    """A service's synchronous answers (its optional ``__fast_unary__``), by method path.
+
+    The server tries them before it starts a handler task; a call they answer costs no
+    task, no coroutine and no reply serialization (OpenBao 2.7's ``resolve-path``, sent
+    before every request, is one).
+    """
+    method = getattr(service, "__fast_unary__", None)
+    return dict(method()) if method is not None else {}
+
+
 class ServerStream:
     """One call, as a handler sees it (the subset of ``grpclib.server.Stream`` we use)."""
 
@@ -122,6 +137,7 @@ class ServerStream:
         "headers_sent",
         "id",
         "metadata",
+        "path",
         "received",
         "reply",
         "send_window",
@@ -130,10 +146,16 @@ class ServerStream:
     )
 
     def __init__(
-        self, conn: HostConnection, stream_id: int, handler: Handler, metadata: dict[str, str]
+        self,
+        conn: HostConnection,
+        stream_id: int,
+        path: str,
+        handler: Handler,
+        metadata: dict[str, str],
     ) -> None:
         self._conn = conn
         self._handler = handler
+        self.path = path
         self.id = stream_id
         self.metadata = metadata
         self.received = bytearray()  # request bytes not yet cut into messages
@@ -244,6 +266,7 @@ class HostConnection(asyncio.Protocol):
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
         self._mapping = server.mapping
+        self._fast = server.fast
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -451,7 +474,7 @@ class HostConnection(asyncio.Protocol):
             if not end_stream:
                 self.send(frame(RST_STREAM, 0, stream_id, NO_ERROR.to_bytes(4, "big")))
             return
-        stream = ServerStream(self, stream_id, handler, metadata)
+        stream = ServerStream(self, stream_id, path, handler, metadata)
         self._streams[stream_id] = stream
         if stream._inbox is not None:  # streaming requests: the handler starts now
             stream.task = self._loop.create_task(self._run(stream))
@@ -470,7 +493,23 @@ class HostConnection(asyncio.Protocol):
                 self.send(frame(RST_STREAM, 0, stream.id, CANCEL.to_bytes(4, "big")))
             return
         if end and stream.task is None:  # unary requests: the handler starts when complete
+            fast = self._fast.get(stream.path)
+            if fast is not None and len(stream._pending) == 1:
+                answer = fast(stream._pending[0])
+                if answer is not None:
+                    self._streams.pop(stream.id, None)
+                    self._reply(stream.id, b"\x00" + len(answer).to_bytes(4, "big") + answer)
+                    return
             stream.task = self._loop.create_task(self._run(stream))
+
+    def _reply(self, stream_id: int, body: bytes) -> None:
+        """A whole unary reply (headers, one DATA frame, trailers) in one queued write."""
+        self.send_window -= len(body)
+        self.send(
+            frame(HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS)
+            + frame(DATA, 0, stream_id, body)
+            + frame(HEADERS, END_HEADERS | END_STREAM, stream_id, OK_TRAILERS)
+        )
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -497,13 +536,8 @@ class HostConnection(asyncio.Protocol):
                 and not stream.headers_sent
             ):
                 # The common case: headers, reply and trailers in one write.
-                self.send_window -= len(body)
                 self._streams.pop(stream.id, None)
-                self.send(
-                    frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS)
-                    + frame(DATA, 0, stream.id, body)
-                    + frame(HEADERS, END_HEADERS | END_STREAM, stream.id, OK_TRAILERS)
-                )
+                self._reply(stream.id, body)
                 return
             await stream.send_initial_metadata()
             try:
@@ -560,8 +594,10 @@ class GrpcServer:
 
     def __init__(self, services: Iterable[Servable]) -> None:
         self.mapping: dict[str, Handler] = {}
+        self.fast: dict[str, FastAnswer] = {}
         for service in services:
             self.mapping.update(service.__mapping__())
+            self.fast.update(fast_answers(service))
         self.connections: set[HostConnection] = set()
         self._server: asyncio.AbstractServer | None = None
 
