@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from grpclib.client import Channel
@@ -26,7 +26,7 @@ from skyflow_vault_plugin.sdk.plugin.pb import (
 )
 from skyflow_vault_plugin.sdk.plugin.pb import backend_pb2 as pb
 from skyflow_vault_plugin.sdk.plugin.services import BackendService, HealthService
-from skyflow_vault_plugin.sdk.plugin.transport import GrpcServer, encode_headers
+from skyflow_vault_plugin.sdk.plugin.transport import GrpcServer, HostConnection, encode_headers
 
 
 class EchoBackend(backend_grpc.BackendBase):
@@ -279,3 +279,27 @@ def test_pre_encoded_header_blocks_decode_without_any_table_state() -> None:
         decoded: object = decoder.decode(block)
         assert decoded == [(":status", "200"), ("grpc-message", "x" * 300)]
         assert len(decoder.header_table.dynamic_entries) == 0
+
+
+async def test_header_blocks_remembered_by_bytes_mean_what_a_fresh_decoder_says() -> None:
+    from hpack import Decoder, Encoder
+
+    conn = HostConnection(GrpcServer([]))
+    reference = Decoder()
+    encoder = Encoder()
+    call = [(":method", "POST"), (":path", "/pb.Backend/HandleRequest")]
+    blocks = [
+        encoder.encode([*call, ("multiplex_id", "m1")]),  # inserts into the dynamic table
+        encoder.encode([*call, ("multiplex_id", "m1")]),  # indexed only: remembered
+        encoder.encode([*call, ("multiplex_id", "m1")]),  # the same bytes: from memory
+        encoder.encode([*call, ("multiplex_id", "m2")]),  # inserts: indexes shift
+    ]
+    assert blocks[1] == blocks[2]
+    blocks.append(blocks[1])  # the old bytes now point at other entries
+    blocks.append(encoder.encode([*call, ("multiplex_id", "m1")]))
+    for block in blocks:
+        fields = cast(list[tuple[str, str]], reference.decode(block))
+        path, metadata = conn._decode(block)
+        assert path == dict(fields).get(":path", "")
+        assert metadata == {name: value for name, value in fields if not name.startswith(":")}
+    assert conn._header_cache  # the repeated block was answered from memory at least once

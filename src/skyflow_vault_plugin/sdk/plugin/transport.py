@@ -6,8 +6,9 @@ stack (h2) and gRPC server (grpclib) spend most of the plugin's CPU on that path
 machine per frame, events, header encoding per reply, three socket writes per reply. This
 server does only what the host needs:
 
-* frames are parsed with slicing and ``int.from_bytes``; only request header blocks go
-  through an HPACK decoder (``hpack``, the decoder h2 uses);
+* frames are parsed with slicing and ``int.from_bytes``; request header blocks go through
+  an HPACK decoder (``hpack``, the decoder h2 uses) once per distinct block while the
+  tables stay unchanged (the host repeats the same few bytes for most calls);
 * response headers and trailers are encoded once (literal fields, no dynamic table, so the
   bytes never depend on connection state);
 * a unary reply is one write of HEADERS + DATA + trailers, and everything produced in one
@@ -52,6 +53,7 @@ DEFAULT_FRAME = 16_384
 # What we let the host send before it must wait for a WINDOW_UPDATE, per stream and for the
 # connection; replenished once half is used.
 RECEIVE_WINDOW = 1 << 24
+HEADER_CACHE_SIZE = 64  # distinct request header blocks remembered per connection
 MAX_MESSAGE = 64 << 20  # a request message larger than this is refused (RESOURCE_EXHAUSTED)
 
 
@@ -272,6 +274,7 @@ class HostConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._preface_seen = False
         self._decoder = Decoder()
+        self._header_cache: dict[bytes, tuple[str, dict[str, str]]] = {}
         self._streams: dict[int, ServerStream] = {}
         self._header_block: bytearray | None = None
         self._header_stream = 0
@@ -443,9 +446,38 @@ class HostConnection(asyncio.Protocol):
             stream.unread = 0
         self._deliver(stream, end)
 
+    def _decode(self, block: bytes) -> tuple[str, dict[str, str]]:
+        """``(:path, metadata)`` of a request header block.
+
+        The host sends the same few bytes for most calls (every field indexed in the HPACK
+        tables), and decoding such a block leaves the tables as they were, so its meaning
+        stays the same until some other block changes them. Those blocks are remembered
+        by their bytes; anything that changes the dynamic table forgets them all.
+        """
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached[0], dict(cached[1])
+        table = self._decoder.header_table.dynamic_entries
+        size, head = len(table), (table[0] if table else None)
+        fields = cast(list[tuple[str, str]], self._decoder.decode(block))
+        path = ""
+        metadata: dict[str, str] = {}
+        for name, value in fields:
+            if name == ":path":
+                path = value
+            elif not name.startswith(":"):
+                metadata[name] = value
+        if len(table) == size and (table[0] if table else None) is head:
+            if len(self._header_cache) >= HEADER_CACHE_SIZE:
+                self._header_cache.clear()
+            self._header_cache[block] = (path, metadata)
+            return path, dict(metadata)
+        self._header_cache.clear()
+        return path, metadata
+
     def _headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         try:
-            fields = cast(list[tuple[str, str]], self._decoder.decode(block))
+            path, metadata = self._decode(block)
         except HPACKError:
             self._fail(COMPRESSION_ERROR, "bad header block")
             return
@@ -458,13 +490,6 @@ class HostConnection(asyncio.Protocol):
             self._fail(PROTOCOL_ERROR, "bad stream id")
             return
         self._last_stream = stream_id
-        path = ""
-        metadata: dict[str, str] = {}
-        for name, value in fields:
-            if name == ":path":
-                path = value
-            elif not name.startswith(":"):
-                metadata[name] = value
         handler = self._mapping.get(path)
         if handler is None:
             block = status_block(
