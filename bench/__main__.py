@@ -18,6 +18,9 @@ from skyflow_vault_plugin.devtools.openbao import bao_binary
 
 SECTIONS = ("plugin_read", "token_path", "telemetry")
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# Everything from this line to the end of benchmarks.md is written by hand (the history of
+# measured changes) and kept when the benchmark rewrites the rest.
+HISTORY_MARKER = "<!-- history: kept by `make bench` -->"
 INTRO = """\
 # Benchmarks
 
@@ -44,6 +47,13 @@ def machine() -> str:
     )
 
 
+def kept_history() -> str:
+    """The hand-written part of benchmarks.md, from :data:`HISTORY_MARKER` on."""
+    text = OUTPUT.read_text() if OUTPUT.is_file() else ""
+    index = text.find(HISTORY_MARKER)
+    return "\n" + text[index:] if index >= 0 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS))
@@ -56,7 +66,7 @@ def main() -> None:
         module = importlib.import_module(f"bench.{name}")
         print(f"running {name} ...", flush=True)
         parts.append(module.run())
-    OUTPUT.write_text("\n".join(parts) + "\n")
+    OUTPUT.write_text("\n".join(parts) + "\n" + kept_history())
     print(f"wrote {OUTPUT}")
 
 
