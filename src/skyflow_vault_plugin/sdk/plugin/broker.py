@@ -10,20 +10,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import TYPE_CHECKING
 
-from grpclib.client import Channel
-from grpclib.config import Configuration
-from grpclib.server import Stream
+from grpclib.const import Cardinality, Handler
 
-from .pb import goplugin_grpc, goplugin_pb2
+from .pb import goplugin_pb2
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+    from grpclib.server import Stream
 
 log = logging.getLogger("sdk.broker")
 
 BROKER_WAIT_SECONDS = 5.0  # go-plugin's own limit for the same wait
+CLOSED_STREAMS_KEPT = 1024
 
 
-class Broker(goplugin_grpc.GRPCBrokerBase):
+class Broker:
     """Serves ``plugin.GRPCBroker`` and dials the host's per-mount servers."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/plugin.GRPCBroker/StartStream": Handler(
+                self.StartStream,
+                Cardinality.STREAM_STREAM,
+                goplugin_pb2.ConnInfo,
+                goplugin_pb2.ConnInfo,
+            )
+        }
 
     def __init__(self, client_tls: ssl.SSLContext | None) -> None:
         self._client_tls = client_tls
@@ -59,6 +73,17 @@ class Broker(goplugin_grpc.GRPCBrokerBase):
             raise TimeoutError(f"timeout waiting for broker connection {service_id}") from None
         finally:
             self._addresses.pop(service_id, None)
+        # The gRPC client (and h2 under it) is imported at the first dial, not before the
+        # handshake: only Setup needs it.
+        from grpclib.client import Channel
+        from grpclib.config import Configuration
+        from h2.connection import H2Connection
+
+        # h2 remembers up to 2**16 closed streams per connection, to recognise late frames;
+        # a broker channel opens one stream per storage call, so that set alone grew the
+        # process by ~11 MiB over the first 50,000 calls. A few thousand suffice on a local
+        # socket, where frames for long-closed streams do not arrive.
+        H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
         if network != "unix":
             host, _, port = address.rpartition(":")
             return Channel(

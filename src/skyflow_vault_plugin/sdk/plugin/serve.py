@@ -12,8 +12,6 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from h2.connection import H2Connection
-
 from ..framework.backend import BackendFactory
 from .broker import Broker
 from .handshake import NotAPluginHost, handshake_line, negotiate
@@ -31,7 +29,6 @@ from .transport import GrpcServer, Servable
 log = logging.getLogger("sdk.plugin")
 
 PARENT_POLL_SECONDS = 1.0
-CLOSED_STREAMS_KEPT = 1024
 
 
 def serve(
@@ -93,11 +90,6 @@ async def _run(
         from .tls import build_tls
 
         tls = build_tls(client_cert)
-    # h2 remembers up to 2**16 closed streams per connection, to recognise late frames. The
-    # host's connection to us no longer goes through h2 (see transport.py), but our broker
-    # channels back to the host do, with one stream per storage call: without a cap that set
-    # alone grew the process by ~11 MiB over the first 50,000 calls. A few thousand suffice.
-    H2Connection.MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
     broker = Broker(tls.client if tls else None)
     backends = BackendService(factory, broker)
     services: list[Servable] = [

@@ -30,10 +30,10 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol, cast
+from urllib.parse import quote
 
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
-from grpclib.metadata import encode_grpc_message
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
@@ -90,6 +90,15 @@ def encode_headers(fields: Iterable[tuple[str, str]]) -> bytes:
         block += b"\x00" + _hpack_int(len(raw_name), 7) + raw_name
         block += _hpack_int(len(raw_value), 7) + raw_value
     return bytes(block)
+
+
+# grpc-message is percent-encoded: printable ASCII except "%" stays as it is (as grpclib).
+_UNQUOTED = "".join(chr(i) for i in range(0x20, 0x7F) if chr(i) != "%")
+
+
+def encode_grpc_message(message: str) -> str:
+    """``message`` as the ``grpc-message`` trailer carries it."""
+    return quote(message, safe=_UNQUOTED, encoding="utf-8")
 
 
 RESPONSE_HEADERS = encode_headers([(":status", "200"), ("content-type", "application/grpc")])
