@@ -18,10 +18,15 @@ from skyflow_vault_plugin import __version__
 
 SECTIONS = ("plugin_read", "token_path", "telemetry")
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+# Everything from this line to the end of benchmarks.md is written by hand (the history of
+# measured changes) and kept when the benchmark rewrites the rest.
+HISTORY_MARKER = "<!-- history: kept by `make bench` -->"
 INTRO = """\
 # Benchmarks
 
 Run on demand with `make bench` (`python -m bench`; needs `wrk`: `apt-get install -y wrk`).
+The Go floor (nullgo, from `../shared/anchors/nullgo`) needs Go and a few Debian packages
+(bench/floor.py installs them when run as root with apt); without them it is skipped.
 Every figure is a ratio against a baseline measured in the same run on the same server, so
 that the machine's speed cancels out. What the numbers mean and where the time goes is in
 [performance.md](performance.md).
@@ -44,6 +49,13 @@ def machine() -> str:
     )
 
 
+def kept_history() -> str:
+    """The hand-written part of benchmarks.md, from :data:`HISTORY_MARKER` on."""
+    text = OUTPUT.read_text() if OUTPUT.is_file() else ""
+    index = text.find(HISTORY_MARKER)
+    return "\n" + text[index:] if index >= 0 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS))
@@ -56,7 +68,7 @@ def main() -> None:
         module = importlib.import_module(f"bench.{name}")
         print(f"running {name} ...", flush=True)
         parts.append(module.run())
-    OUTPUT.write_text("\n".join(parts) + "\n")
+    OUTPUT.write_text("\n".join(parts) + "\n" + kept_history())
     print(f"wrote {OUTPUT}")
 
 

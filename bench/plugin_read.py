@@ -1,8 +1,10 @@
-"""Plugin reads against builtin kv-v2 reads on the same OpenBao, with wrk.
+"""Plugin reads against builtin kv-v2 reads and the Go floor on the same OpenBao, with wrk.
 
-Three reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), the SDK's
-example plugin read (resolve-path, the read, and a storage get back to the host), and the
-engine's warm ``creds`` read (resolve-path and the read; the token comes from memory).
+Four reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), a read of
+``nullgo`` (a zero-work Go plugin: the floor any external plugin can reach, see
+bench/floor.py), the engine's warm ``creds`` read (resolve-path and the read; the token
+comes from memory) and the SDK's example plugin read (resolve-path, the read, and a storage
+get back to the host).
 Also: the plugin's resident memory while serving three mounts, and exec-to-handshake.
 """
 
@@ -11,16 +13,23 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.stack import BenchStack, bench_stack
+from bench.floor import build_floor
+from bench.stack import DEFAULT_PLUGINS, BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
 from skyflow_devtools.openbao import plugin_pids
-from skyflow_vault_plugin.install import fake_host_environment, measure_startup
+from skyflow_vault_plugin.install import fake_host_environment, install, measure_startup
 
-SECONDS = 10
+SECONDS = 5
+ROUNDS = 3
 CONNECTIONS = (1, 16)
+NULLGO = "nullgo"
+KV = "kv-v2 read (baseline)"
+FLOOR = "nullgo read (Go floor)"
+CREDS = "skyflow warm creds read"
 
 
 @dataclass(frozen=True)
@@ -50,17 +59,37 @@ def measure(stack: BenchStack, path: str, plugin: str | None, connections: int) 
     return Measured(load, host, plugin_cpu)
 
 
-def _row(name: str, measured: Measured, base: LoadResult) -> str:
+def _combine(rounds: list[Measured]) -> Measured:
+    """Medians over alternating rounds (drift from other load hits every target alike)."""
+    load = LoadResult(
+        statistics.median(m.load.rps for m in rounds),
+        statistics.median(m.load.p50_ms for m in rounds),
+        statistics.median(m.load.p99_ms for m in rounds),
+        sum(m.load.errors for m in rounds),
+    )
+    return Measured(
+        load,
+        statistics.median(m.host_cpu_ms for m in rounds),
+        statistics.median(m.plugin_cpu_ms for m in rounds),
+    )
+
+
+def _ratio(value: float, base: LoadResult | None, attr: str) -> str:
+    return f"{value / getattr(base, attr):.2f}" if base is not None else "n/a"
+
+
+def _row(name: str, measured: Measured, base: LoadResult, floor: LoadResult | None) -> str:
     result = measured.load
     return (
         f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
-        f"{result.rps / base.rps:.2f} | {result.p50_ms / base.p50_ms:.2f} | "
+        f"{result.rps / base.rps:.2f} | {_ratio(result.rps, floor, 'rps')} | "
+        f"{_ratio(result.p50_ms, floor, 'p50_ms')} | "
         f"{measured.host_cpu_ms:.2f} | {measured.plugin_cpu_ms:.2f} | {result.errors} |"
     )
 
 
-def handshake_times(runs: int = 10) -> dict[str, float]:
-    """Median exec-to-handshake (ms) for the plugin and for a bare interpreter."""
+def handshake_times(nullgo: Path | None, runs: int = 10) -> dict[str, float]:
+    """Median exec-to-handshake (ms) for the plugin, nullgo and a bare interpreter."""
     env = fake_host_environment()
     py = sys.executable
     plugin = "import sys; from skyflow_vault_plugin.cli import main; sys.exit(main())"
@@ -68,51 +97,79 @@ def handshake_times(runs: int = 10) -> dict[str, float]:
         "skyflow-vault-plugin": [py, "-c", plugin],
         "bare python printing a line": [py, "-c", "print('1|5|unix|x|grpc|', flush=True)"],
     }
-    return {
-        name: statistics.median(measure_startup(cmd, env=env).handshake_ms for _ in range(runs))
-        for name, cmd in commands.items()
-    }
+    if nullgo is not None:
+        commands["nullgo (Go floor)"] = [str(nullgo)]
+    with tempfile.TemporaryDirectory(prefix="bench-launcher-") as plugin_dir:
+        launcher = install(Path(plugin_dir), "skyflow-vault-plugin").path
+        commands["skyflow-vault-plugin through its verifying launcher"] = [str(launcher)]
+        return {
+            name: statistics.median(measure_startup(cmd, env=env).handshake_ms for _ in range(runs))
+            for name, cmd in commands.items()
+        }
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 def run() -> str:
     """Run the benchmark; return its Markdown section."""
-    lines = ["## Plugin reads against kv-v2 (issue 2, issue 4 benchmark 1)", ""]
-    with bench_stack() as stack:
+    lines = ["## Plugin reads against kv-v2 and the Go floor (issues 2, 4, 12)", ""]
+    floor = build_floor()
+    plugins = dict(DEFAULT_PLUGINS)
+    if floor.executable is not None:
+        plugins[NULLGO] = (floor.executable, {})
+    lines += [
+        f"Floor: {floor.note}. Each read runs in {ROUNDS} alternating rounds of {SECONDS} s; "
+        "medians of the rounds. Ratios compare reads measured in the same run on one server.",
+        "",
+        f"Before: {_load()}.",
+        "",
+    ]
+    with bench_stack(plugins) as stack:
         client = stack.bao.client()
         client.write("secret/data/bench", {"data": {"card": "4111"}})
         client.enable_secrets("kvpy", "kvpy")
         client.write("kvpy/kv/bench", {"value": {"card": "4111"}})
         mounts = stack.add_skyflow_mounts("skyflow", "skyflow")
         client.read(f"{mounts[0]}/creds/producer")  # warm the token cache
-        targets = {
-            "kv-v2 read (baseline)": ("secret/data/bench", None),
-            "SDK example plugin read": ("kvpy/kv/bench", "kvpy"),
-            "skyflow warm creds read": (f"{mounts[0]}/creds/producer", "skyflow"),
-        }
+        targets: dict[str, tuple[str, str | None]] = {KV: ("secret/data/bench", None)}
+        if floor.executable is not None:
+            client.enable_secrets(NULLGO, NULLGO)
+            targets[FLOOR] = (f"{NULLGO}/creds/anything", NULLGO)
+        targets[CREDS] = (f"{mounts[0]}/creds/producer", "skyflow")
+        targets["SDK example plugin read"] = ("kvpy/kv/bench", "kvpy")
         token = stack.bao.root_token
         for connections in CONNECTIONS:
-            results = {}
-            for name, (path, plugin) in targets.items():
+            rounds: dict[str, list[Measured]] = {name: [] for name in targets}
+            for path, _ in targets.values():
                 run_wrk(stack.url(path), token, connections=connections, seconds=2)  # warm-up
-                results[name] = measure(stack, path, plugin, connections)
-            base = results["kv-v2 read (baseline)"].load
+            for _ in range(ROUNDS):
+                for name, (path, plugin) in targets.items():
+                    rounds[name].append(measure(stack, path, plugin, connections))
+            results = {name: _combine(measured) for name, measured in rounds.items()}
+            base = results[KV].load
+            floor_load = results[FLOOR].load if FLOOR in results else None
             lines += [
-                f"### {connections} connection(s), {SECONDS} s each",
+                f"### {connections} connection(s)",
                 "",
-                "| read | req/s | p50 ms | p99 ms | throughput ratio | p50 ratio "
-                "| OpenBao CPU ms/req | plugin CPU ms/req | non-200 |",
-                "|---|---|---|---|---|---|---|---|---|",
-                *(_row(name, result, base) for name, result in results.items()),
+                "| read | req/s | p50 ms | p99 ms | rps vs kv-v2 | rps vs nullgo "
+                "| p50 vs nullgo | OpenBao CPU ms/req | plugin CPU ms/req | non-200 |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+                *(_row(name, result, base, floor_load) for name, result in results.items()),
                 "",
             ]
         for mount in mounts:
             client.read(f"{mount}/creds/producer")
         rss = stack.plugin_rss_kib("skyflow")
     lines += [
+        f"After: {_load()}.",
+        "",
         f"Plugin resident memory serving three mounts (after the runs): {rss / 1024:.1f} MiB.",
         "",
     ]
-    times = handshake_times()
+    times = handshake_times(floor.executable)
     lines += ["Exec-to-handshake (median of 10, automatic mTLS with a P-521 host certificate):", ""]
     lines += [f"- {name}: {ms:.0f} ms" for name, ms in times.items()]
     lines.append("")

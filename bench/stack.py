@@ -21,6 +21,10 @@ from skyflow_emulator.process import EmulatorProcess
 SKYFLOW_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
 KV_LAUNCHER = kv_example_launcher()
 UNITS = ("insurance", "lending", "clcm")
+DEFAULT_PLUGINS: dict[str, tuple[bytes | Path, Mapping[str, str]]] = {
+    "skyflow": (SKYFLOW_LAUNCHER, {"ENV": "dev"}),
+    "kvpy": (KV_LAUNCHER, {}),
+}
 
 
 @dataclass
@@ -57,14 +61,11 @@ class BenchStack:
 
 @contextlib.contextmanager
 def bench_stack(
-    plugins: Mapping[str, tuple[bytes, Mapping[str, str]]] | None = None,
+    plugins: Mapping[str, tuple[bytes | Path, Mapping[str, str]]] | None = None,
 ) -> Iterator[BenchStack]:
     """OpenBao dev server at log level warn (debug logging would tax every request) with the
     given plugins ``{name: (launcher, env)}`` installed, and the emulator."""
-    wanted = plugins or {
-        "skyflow": (SKYFLOW_LAUNCHER, {"ENV": "dev"}),
-        "kvpy": (KV_LAUNCHER, {}),
-    }
+    wanted = plugins or DEFAULT_PLUGINS
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         work = Path(scratch)
         emulator = EmulatorProcess(state_dir=work / "emulator").start()

@@ -91,7 +91,7 @@ async def factory(config: BackendConfig) -> Backend:
 
 def main() -> int:
     """Entry point of the example plugin's executable."""
-    return serve(factory, version=VERSION, log_to_host=True)
+    return serve(factory, version=VERSION, log_to_host=True, no_core_dumps=True)
 
 
 if __name__ == "__main__":

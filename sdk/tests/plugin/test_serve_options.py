@@ -12,6 +12,7 @@ import pytest
 from h2.connection import H2Connection
 
 from vault_plugin_sdk.framework import Backend, BackendConfig
+from vault_plugin_sdk.plugin.broker import Broker
 from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
 
 # the module (the package exports the function under the same name)
@@ -78,4 +79,19 @@ def test_serve_changes_what_it_is_asked_to() -> None:
     assert root.level == logging.DEBUG
     assert logging.getLogger("httpx").level == logging.WARNING
     assert logging.getLogger("h2").level == logging.WARNING
-    assert H2Connection.MAX_CLOSED_STREAMS == 7
+
+
+@pytest.mark.parametrize("asked", [None, 7])
+async def test_the_broker_caps_h2_closed_streams_only_when_asked(asked: int | None) -> None:
+    """h2 is imported at the first broker dial, not before the handshake: the cap that
+    serve(max_closed_streams=...) asks for is applied there."""
+    saved = H2Connection.MAX_CLOSED_STREAMS
+    try:
+        broker = Broker(None, max_closed_streams=asked)
+        broker.deliver(1, "unix", "/nonexistent/broker.sock")  # a channel connects lazily
+        channel = await broker.dial(1)
+        channel.close()
+        now = H2Connection.MAX_CLOSED_STREAMS
+        assert now == (saved if asked is None else asked)
+    finally:
+        H2Connection.MAX_CLOSED_STREAMS = saved

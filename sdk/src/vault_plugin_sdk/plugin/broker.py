@@ -10,23 +10,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import TYPE_CHECKING
 
-from grpclib.client import Channel
-from grpclib.config import Configuration
-from grpclib.server import Stream
+from grpclib.const import Cardinality, Handler
 
-from .pb import goplugin_grpc, goplugin_pb2
+from .pb import goplugin_pb2
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+    from grpclib.server import Stream
 
 log = logging.getLogger("sdk.broker")
 
 BROKER_WAIT_SECONDS = 5.0  # go-plugin's own limit for the same wait
 
 
-class Broker(goplugin_grpc.GRPCBrokerBase):
+class Broker:
     """Serves ``plugin.GRPCBroker`` and dials the host's per-mount servers."""
 
-    def __init__(self, client_tls: ssl.SSLContext | None) -> None:
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/plugin.GRPCBroker/StartStream": Handler(
+                self.StartStream,
+                Cardinality.STREAM_STREAM,
+                goplugin_pb2.ConnInfo,
+                goplugin_pb2.ConnInfo,
+            )
+        }
+
+    def __init__(
+        self, client_tls: ssl.SSLContext | None, *, max_closed_streams: int | None = None
+    ) -> None:
         self._client_tls = client_tls
+        self._max_closed_streams = max_closed_streams
         self._addresses: dict[int, asyncio.Future[tuple[str, str]]] = {}
 
     def _slot(self, service_id: int) -> asyncio.Future[tuple[str, str]]:
@@ -59,6 +75,17 @@ class Broker(goplugin_grpc.GRPCBrokerBase):
             raise TimeoutError(f"timeout waiting for broker connection {service_id}") from None
         finally:
             self._addresses.pop(service_id, None)
+        # The gRPC client (and h2 under it) is imported at the first dial, not before the
+        # handshake: only Setup needs it.
+        from grpclib.client import Channel
+        from grpclib.config import Configuration
+        from h2.connection import H2Connection
+
+        # h2 remembers up to 2**16 closed streams per connection, to recognise late frames;
+        # a broker channel opens one stream per storage call. serve()'s caller may cap that
+        # set (a class attribute, hence opt-in).
+        if self._max_closed_streams is not None:
+            H2Connection.MAX_CLOSED_STREAMS = self._max_closed_streams
         if network != "unix":
             host, _, port = address.rpartition(":")
             return Channel(

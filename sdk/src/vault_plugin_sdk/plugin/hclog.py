@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 _LEVELS = {
     logging.DEBUG: "debug",
@@ -29,13 +31,23 @@ class HclogFormatter(logging.Formatter):
     """One JSON object per line with ``@level``, ``@message``, ``@module``, ``@timestamp``
     and the record's extra attributes as key/value pairs."""
 
+    _second = -1
+    _second_text = ""
+
+    def _timestamp(self, created: float) -> str:
+        # RFC 3339 in UTC with microseconds; the date and time part is formatted once a second.
+        second, micros = divmod(round(created * 1_000_000), 1_000_000)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{micros:06d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
         entry: dict[str, Any] = {
             "@level": _LEVELS.get(record.levelno, "info"),
             "@message": record.getMessage(),
             "@module": record.name,
-            "@timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "@timestamp": self._timestamp(record.created),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
@@ -75,12 +87,58 @@ def _short(filename: str) -> str:
     return os.path.join(os.path.basename(head), tail) if head else tail
 
 
+class LoopBatchedHandler(logging.StreamHandler[TextIO]):
+    """Lines logged on an event loop's thread leave in one write per loop turn.
+
+    A plugin that logs a line per request (an audit line, say) otherwise pays one write
+    system call per line on the thread that serves every request. Lines from other threads,
+    or with no loop running, are written at once; :meth:`flush` (called at exit by
+    ``logging.shutdown``) writes whatever is pending.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self._write(self._take() + line + self.terminator)
+            return
+        self._pending.append(line)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def _take(self) -> str:
+        if not self._pending:
+            return ""
+        lines, self._pending = self._pending, []
+        return self.terminator.join(lines) + self.terminator
+
+    def _write(self, text: str) -> None:
+        if not text:
+            return
+        # The host may have closed our stderr: then there is no one left to tell.
+        with self.lock, contextlib.suppress(OSError, ValueError):  # type: ignore[union-attr]
+            self.stream.write(text)
+            self.stream.flush()
+
+    def flush(self) -> None:
+        """Write the lines logged so far."""
+        self._write(self._take())
+
+
 def configure_logging(level: str | None, quiet: Iterable[str] = ()) -> None:
     """Send the root logger to stderr in hclog JSON at ``level`` (default info).
 
     grpclib's HTTP/2 loggers and the ``quiet`` ones are raised to WARNING.
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopBatchedHandler(sys.stderr)
     handler.setFormatter(HclogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

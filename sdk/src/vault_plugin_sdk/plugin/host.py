@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from grpclib.client import Channel
+from typing import TYPE_CHECKING
+
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..framework.errors import ReadOnlyStorageError, StorageError
 from ..framework.storage import StorageEntry
 from ..framework.system_view import Alias, Entity, Group
-from .pb import backend_grpc
 from .pb import backend_pb2 as pb
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
 
 _NANOSECONDS = 1_000_000_000
 _READONLY_MARKERS = ("readonly", "read-only", "read only")
@@ -26,6 +29,8 @@ class GrpcStorage:
     """The mount's storage, reached through the broker channel."""
 
     def __init__(self, channel: Channel) -> None:
+        from .pb import backend_grpc  # imports grpclib.client: only once a mount is set up
+
         self._stub = backend_grpc.StorageStub(channel)
 
     async def get(self, key: str) -> StorageEntry | None:
@@ -72,6 +77,8 @@ class GrpcSystemView:
     """The host's system view, reached through the broker channel."""
 
     def __init__(self, channel: Channel) -> None:
+        from .pb import backend_grpc
+
         self._stub = backend_grpc.SystemViewStub(channel)
 
     async def default_lease_ttl(self) -> int:

@@ -12,9 +12,6 @@ import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 
-from grpclib.server import Server
-from h2.connection import H2Connection
-
 from ..framework.backend import BackendFactory
 from .broker import Broker
 from .handshake import NotAPluginHost, handshake_line, negotiate
@@ -29,6 +26,7 @@ from .services import (
     StdioService,
     VersionService,
 )
+from .transport import GrpcServer
 
 log = logging.getLogger("sdk.plugin")
 
@@ -57,7 +55,8 @@ def serve(
     * ``log_to_host``: send the root logger to stderr as hclog JSON at the level in
       ``PLUGIN_LOG_LEVEL`` (default info), so the host files each record under its level;
       ``hpack``/``h2`` and the ``quiet_loggers`` are raised to WARNING.
-    * ``max_closed_streams``: set h2's ``H2Connection.MAX_CLOSED_STREAMS`` (a class attribute).
+    * ``max_closed_streams``: set h2's ``H2Connection.MAX_CLOSED_STREAMS`` (a class attribute),
+      when the first broker channel opens (h2 is not imported before).
       h2 remembers up to 2**16 closed streams per connection; the host opens two streams per
       request on one long-lived connection, so that set alone grows a busy plugin by ~11 MiB
       over 50,000 requests. A thousand or so suffice.
@@ -74,8 +73,6 @@ def serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_to_host:
         configure_logging(environment.get("PLUGIN_LOG_LEVEL", "info"), quiet=quiet_loggers)
-    if max_closed_streams is not None:
-        H2Connection.MAX_CLOSED_STREAMS = max_closed_streams
     if no_core_dumps:
         for problem in disable_core_dumps():
             log.warning("could not disable core dumps", extra={"detail": problem})
@@ -85,6 +82,7 @@ def serve(
         multiplex=multiplex,
         client_cert=config.client_cert_pem,
         app_protocol=config.app_protocol,
+        max_closed_streams=max_closed_streams,
     )
     loop_factory = _loop_factory(environment)
     with asyncio.Runner(loop_factory=loop_factory) as asyncio_runner:
@@ -108,6 +106,7 @@ async def _run(
     multiplex: bool,
     client_cert: str | None,
     app_protocol: int,
+    max_closed_streams: int | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -116,7 +115,7 @@ async def _run(
         from .tls import build_tls
 
         tls = build_tls(client_cert)
-    broker = Broker(tls.client if tls else None)
+    broker = Broker(tls.client if tls else None, max_closed_streams=max_closed_streams)
     backends = BackendService(factory, broker)
     services: list[Servable] = [
         backends,
@@ -127,7 +126,7 @@ async def _run(
         StdioService(),
         HealthService(),
     ]
-    server = Server(services)
+    server = GrpcServer(services)
     socket_dir = tempfile.mkdtemp(prefix="plugin")
     socket_path = os.path.join(socket_dir, "plugin.sock")
     try:

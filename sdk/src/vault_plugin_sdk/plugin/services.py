@@ -1,4 +1,11 @@
-"""The gRPC services the host calls, one backend instance per mount (``multiplex_id``)."""
+"""The gRPC services the host calls, one backend instance per mount (``multiplex_id``).
+
+Each service lists its methods itself (``__mapping__``, the interface of grpclib's generated
+``*Base`` classes) instead of subclassing the generated ``*_grpc`` modules: those import
+``grpclib.client`` and with it h2, about a fifth of the imports before the handshake, and
+the plugin needs them only once it dials the host's broker at the first ``Setup``.
+``tests/sdk/plugin/test_services_mapping.py`` checks that the lists match the generated ones.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +13,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import empty_pb2
-from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
-from grpclib.health.v1 import health_grpc, health_pb2
-from grpclib.server import Stream
+from grpclib.health.v1 import health_pb2
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+    from grpclib.server import Stream
 
 from ..framework.backend import Backend, BackendConfig, BackendFactory
 from ..framework.errors import BadRequest, ReadOnlyStorageError
@@ -26,16 +36,12 @@ from .codec import (
 )
 from .host import GrpcStorage, GrpcSystemView
 from .pb import (
-    backend_grpc,
-    goplugin_grpc,
-    goplugin_pb2,
-    multiplexing_grpc,
-    multiplexing_pb2,
-    version_grpc,
-    version_pb2,
+    backend_pb2 as pb,
 )
 from .pb import (
-    backend_pb2 as pb,
+    goplugin_pb2,
+    multiplexing_pb2,
+    version_pb2,
 )
 
 log = logging.getLogger("sdk.plugin")
@@ -47,7 +53,12 @@ MULTIPLEX_ID_KEY = "multiplex_id"
 _RESOLVE_PATH_REPLY = pb.HandleRequestReply(
     err=pb.ProtoError(err_type=ERR_UNSUPPORTED_OPERATION, err_msg="unsupported operation")
 )
+_RESOLVE_PATH_BYTES = _RESOLVE_PATH_REPLY.SerializeToString()
 _NOT_SET_UP = pb.ProtoError(err_type=ERR_INTERNAL, err_msg="backend is not set up")
+
+
+def _unary(method: Callable[[Any], Any], request: type, reply: type) -> Handler:
+    return Handler(method, Cardinality.UNARY_UNARY, request, reply)
 
 
 @dataclass
@@ -63,13 +74,39 @@ def _mount_key(stream: Stream[object, object]) -> str:
     return value if isinstance(value, str) else ""
 
 
-class BackendService(backend_grpc.BackendBase):
+class BackendService:
     """``pb.Backend``: Setup creates a mount's backend, requests are routed to it."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/pb.Backend/HandleRequest": _unary(
+                self.HandleRequest, pb.HandleRequestArgs, pb.HandleRequestReply
+            ),
+            "/pb.Backend/SpecialPaths": _unary(self.SpecialPaths, pb.Empty, pb.SpecialPathsReply),
+            "/pb.Backend/HandleExistenceCheck": _unary(
+                self.HandleExistenceCheck, pb.HandleExistenceCheckArgs, pb.HandleExistenceCheckReply
+            ),
+            "/pb.Backend/Cleanup": _unary(self.Cleanup, pb.Empty, pb.Empty),
+            "/pb.Backend/InvalidateKey": _unary(self.InvalidateKey, pb.InvalidateKeyArgs, pb.Empty),
+            "/pb.Backend/Setup": _unary(self.Setup, pb.SetupArgs, pb.SetupReply),
+            "/pb.Backend/Initialize": _unary(
+                self.Initialize, pb.InitializeArgs, pb.InitializeReply
+            ),
+            "/pb.Backend/Type": _unary(self.Type, pb.Empty, pb.TypeReply),
+        }
 
     def __init__(self, factory: BackendFactory, broker: Broker) -> None:
         self._factory = factory
         self._broker = broker
         self.mounts: dict[str, MountInstance] = {}
+
+    def __fast_unary__(self) -> dict[str, Callable[[Any], bytes | None]]:
+        """Answers the plugin's own transport gives without starting a handler task."""
+        return {"/pb.Backend/HandleRequest": self._resolve_path}
+
+    @staticmethod
+    def _resolve_path(args: pb.HandleRequestArgs) -> bytes | None:
+        return _RESOLVE_PATH_BYTES if args.request.operation == "resolve-path" else None
 
     def _mount(self, stream: Stream[object, object]) -> MountInstance | None:
         return self.mounts.get(_mount_key(stream))
@@ -224,8 +261,17 @@ class BackendService(backend_grpc.BackendBase):
             mount.channel.close()
 
 
-class MultiplexingService(multiplexing_grpc.PluginMultiplexingBase):
+class MultiplexingService:
     """Tells the host whether one process may serve every mount of the catalog entry."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/pluginutil.multiplexing.PluginMultiplexing/MultiplexingSupport": _unary(
+                self.MultiplexingSupport,
+                multiplexing_pb2.MultiplexingSupportRequest,
+                multiplexing_pb2.MultiplexingSupportResponse,
+            )
+        }
 
     def __init__(self, supported: bool) -> None:
         self._supported = supported
@@ -243,8 +289,15 @@ class MultiplexingService(multiplexing_grpc.PluginMultiplexingBase):
         )
 
 
-class VersionService(version_grpc.PluginVersionBase):
+class VersionService:
     """Reports the plugin's semantic version (used at registration and mount)."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/logical.PluginVersion/Version": _unary(
+                self.Version, version_pb2.Empty, version_pb2.VersionReply
+            )
+        }
 
     def __init__(self, version: str) -> None:
         self._version = version
@@ -256,8 +309,15 @@ class VersionService(version_grpc.PluginVersionBase):
         await stream.send_message(version_pb2.VersionReply(plugin_version=self._version))
 
 
-class ControllerService(goplugin_grpc.GRPCControllerBase):
+class ControllerService:
     """``Shutdown``: answer, then let the process stop (the host kills it after 2 s)."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/plugin.GRPCController/Shutdown": _unary(
+                self.Shutdown, goplugin_pb2.Empty, goplugin_pb2.Empty
+            )
+        }
 
     def __init__(self, on_shutdown: Callable[[], None]) -> None:
         self._on_shutdown = on_shutdown
@@ -271,8 +331,18 @@ class ControllerService(goplugin_grpc.GRPCControllerBase):
         asyncio.get_running_loop().call_later(0.05, self._on_shutdown)
 
 
-class StdioService(goplugin_grpc.GRPCStdioBase):
+class StdioService:
     """Stdio forwarding: our logs already go to stderr, so the stream stays silent."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/plugin.GRPCStdio/StreamStdio": Handler(
+                self.StreamStdio,
+                Cardinality.UNARY_STREAM,
+                empty_pb2.Empty,
+                goplugin_pb2.StdioData,
+            )
+        }
 
     async def StreamStdio(  # noqa: N802
         self, stream: Stream[empty_pb2.Empty, goplugin_pb2.StdioData]
@@ -282,8 +352,21 @@ class StdioService(goplugin_grpc.GRPCStdioBase):
         await asyncio.Event().wait()  # open until the host hangs up
 
 
-class HealthService(health_grpc.HealthBase):
+class HealthService:
     """``grpc.health.v1``: go-plugin asks for the service named ``plugin``."""
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/grpc.health.v1.Health/Check": _unary(
+                self.Check, health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+            ),
+            "/grpc.health.v1.Health/Watch": Handler(
+                self.Watch,
+                Cardinality.UNARY_STREAM,
+                health_pb2.HealthCheckRequest,
+                health_pb2.HealthCheckResponse,
+            ),
+        }
 
     SERVICES = frozenset({"", "plugin"})
 

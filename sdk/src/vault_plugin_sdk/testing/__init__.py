@@ -1,6 +1,7 @@
 """Helpers to test a backend without a server: in-memory storage, and two drivers that
 answer like the host does -- one calling the backend directly, one over the real gRPC
-Backend service in-process (no sockets), with storage served back over gRPC too.
+Backend service and the plugin's own transport in-process (a unix socket in a temporary
+directory, no TLS), with storage served back over gRPC too.
 
 Run the same suite with both drivers to show that the transport changes nothing::
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -33,6 +36,7 @@ from ..plugin.pb import backend_grpc
 from ..plugin.pb import backend_pb2 as pb
 from ..plugin.servable import Servable
 from ..plugin.services import MULTIPLEX_ID_KEY, BackendService
+from ..plugin.transport import GrpcServer
 
 
 class InMemoryStorage:
@@ -409,15 +413,25 @@ async def open_driver(
     host_services: list[Servable] = [StorageServer(storage), SystemViewServer(view)]
     async with ChannelFor(host_services) as host_channel:
         service = BackendService(factory, _LoopbackBroker(host_channel))
-        async with ChannelFor([service]) as plugin_channel:
-            driver = GrpcDriver(backend_grpc.BackendStub(plugin_channel), storage)
-            reply = await driver.setup(config)
-            if reply.err:
-                raise RuntimeError(reply.err)
+        # The plugin side runs on the transport plugin processes use, over a unix socket.
+        server = GrpcServer([service])
+        with tempfile.TemporaryDirectory(prefix="plugin-driver-") as socket_dir:
+            socket_path = os.path.join(socket_dir, "plugin.sock")
+            await server.start(path=socket_path)
+            plugin_channel = Channel(path=socket_path)
             try:
-                yield driver
+                driver = GrpcDriver(backend_grpc.BackendStub(plugin_channel), storage)
+                reply = await driver.setup(config)
+                if reply.err:
+                    raise RuntimeError(reply.err)
+                try:
+                    yield driver
+                finally:
+                    await driver.cleanup()
             finally:
-                await driver.cleanup()
+                plugin_channel.close()
+                server.close()
+                await server.wait_closed()
 
 
 class PluginTestClient:
