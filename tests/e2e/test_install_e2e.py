@@ -359,8 +359,10 @@ def project_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    # The plugin's wheel is built from the engine (src/) and the SDK it runs on (sdk/src/).
     shutil.copytree(REPO / "src", source / "src", ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
+    shutil.copytree(REPO / "sdk" / "src", source / "sdk" / "src", ignore=ignore)
+    for name in ("pyproject.toml", "setup.cfg", "README.md"):
         shutil.copy2(REPO / name, source / name)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(work), str(source)],

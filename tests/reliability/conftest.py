@@ -170,15 +170,30 @@ def healthy(stack: Stack) -> Iterator[EmulatorAdmin]:
 # ------------------------------------------------------------------------- plugin processes
 
 
-def kill_and_wait(pids: Iterable[int], timeout: float = 10.0) -> None:
-    """SIGKILL ``pids`` and wait until each is gone (reaped by OpenBao, its parent)."""
+def kill_and_wait(
+    pids: Iterable[int], timeout: float = 10.0, *, server_log: Path | None = None
+) -> None:
+    """SIGKILL ``pids`` and wait until each is gone (reaped by OpenBao, its parent) and, with
+    ``server_log``, until OpenBao has logged each exit: its go-plugin client marks the plugin
+    exited only after that line, and a request sent before then fails (docs/reliability.md)."""
     pids = list(pids)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+
+    def noticed(pid: int) -> bool:
+        if Path(f"/proc/{pid}").exists():
+            return False
+        if server_log is None:
+            return True
+        return any(
+            "plugin process exited" in line and f" id={pid}" in line
+            for line in server_log.read_text(errors="replace").splitlines()
+        )
+
+    while not all(noticed(pid) for pid in pids):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"plugin processes {pids} still exist after SIGKILL")
+            raise TimeoutError(f"plugin processes {pids} not gone, or not noticed by OpenBao")
         time.sleep(0.02)
 
 

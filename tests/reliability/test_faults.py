@@ -206,7 +206,7 @@ def test_plugin_killed_between_requests(stack: Stack, healthy: Any, default: str
     role = new_role(stack, default)
     assert stack.client().request("GET", f"{default}/creds/{role}").status_code == 200
     old = stack.plugin_pid()
-    kill_and_wait([old])
+    kill_and_wait([old], server_log=stack.bao.log_path)
     response, elapsed = timed_get(stack, f"{default}/creds/{role}")
     report("first request after SIGKILL (plugin restarted by OpenBao)", elapsed)
     assert response.status_code == 200, error_text(response)
