@@ -27,9 +27,10 @@ import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.framework.help import display_pattern
 from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 

@@ -38,9 +38,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from skyflow_emulator import InProcessEmulator
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 from .conftest import Stack, error_text

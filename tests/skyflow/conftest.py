@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from skyflow_emulator import InProcessEmulator
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.framework import StaticSystemView
 from vault_plugin_sdk.testing import PluginTestClient, open_driver
 

@@ -19,7 +19,7 @@ import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow import client as client_module
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import (
     MAX_ERROR_BYTES,
     MAX_RESPONSE_BYTES,
@@ -28,6 +28,7 @@ from skyflow_vault_plugin.skyflow.client import (
 )
 from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, TokenHosts, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected, SkyflowUnavailable
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.testing import PluginTestClient, open_driver
 
 FAST = ExchangePolicy(deadline=2.0, backoff_base=0.01, backoff_max=0.02, max_attempts=2)

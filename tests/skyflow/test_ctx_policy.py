@@ -13,11 +13,12 @@ import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.ctx_policy import CtxPolicy, Identity, check_template, resolve_ctx
 from skyflow_vault_plugin.skyflow.errors import InvalidContext
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.framework import Alias, Entity, Group, StaticSystemView
 from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 

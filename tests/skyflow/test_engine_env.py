@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from skyflow_vault_plugin.skyflow.backend import EngineSettings
 from skyflow_vault_plugin.skyflow.engine_env import EngineEnv, EnvError, read_engine_env
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 
 
 def test_defaults_and_values() -> None:

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
 from tests.skyflow.conftest import POLICY, open_client
 from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver

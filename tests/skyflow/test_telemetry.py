@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.errors import (
@@ -38,6 +38,7 @@ from skyflow_vault_plugin.skyflow.errors import (
     SkyflowRejected,
     SkyflowUnavailable,
 )
+from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from skyflow_vault_plugin.skyflow.telemetry import (
     AUDIT_LOGGER,
     CONFIG_READ,
@@ -350,7 +351,8 @@ DISABLED_PROBE = textwrap.dedent(
     import asyncio, json, sys, threading
     from skyflow_emulator import InProcessEmulator
     from vault_plugin_sdk.testing import PluginTestClient, open_driver
-    from skyflow_vault_plugin.skyflow.backend import EngineSettings, make_factory
+    from skyflow_vault_plugin.skyflow.backend import make_factory
+    from skyflow_vault_plugin.skyflow.mount import EngineSettings
     from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 
     async def main():
@@ -976,12 +978,12 @@ async def test_flush_never_waits_longer_than_its_timeout(caplog: pytest.LogCaptu
 
 
 def test_the_process_wide_instance_is_created_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from skyflow_vault_plugin.skyflow.telemetry import core
+    from skyflow_vault_plugin.skyflow.telemetry import factory as telemetry_factory
 
-    monkeypatch.setattr(core, "_process", None)
+    monkeypatch.setattr(telemetry_factory, "_process", None)
     monkeypatch.setenv("TELEMETRY_ENABLED", "false")
-    first = core.process_telemetry()
+    first = telemetry_factory.process_telemetry()
     monkeypatch.setenv("TELEMETRY_ENABLED", "true")  # read once: later changes do nothing
-    assert core.process_telemetry() is first
+    assert telemetry_factory.process_telemetry() is first
     assert not first.enabled
     assert first.settings.disabled_reason == "TELEMETRY_ENABLED=false"

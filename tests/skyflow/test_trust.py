@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from skyflow_emulator.tls import CertificateAuthority
-from skyflow_vault_plugin.skyflow import backend as backend_module
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend
+from skyflow_vault_plugin.skyflow import mount as mount_module
 from skyflow_vault_plugin.skyflow.errors import SkyflowUntrusted
+from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
 from skyflow_vault_plugin.skyflow.trust import CA_FILE_ENV, CHECK_INTERVAL, TrustStore
 from vault_plugin_sdk.framework import BackendConfig
 from vault_plugin_sdk.testing import InMemoryStorage
@@ -126,7 +126,7 @@ async def test_a_mount_switches_to_a_new_client_when_trust_changes(
 ) -> None:
     contexts = [ssl.create_default_context(), ssl.create_default_context()]
     current = {"context": contexts[0]}
-    monkeypatch.setattr(backend_module, "shared_tls_context", lambda: current["context"])
+    monkeypatch.setattr(mount_module, "shared_tls_context", lambda: current["context"])
     seen: list[Any] = []
 
     class RecordingClient:
@@ -137,8 +137,8 @@ async def test_a_mount_switches_to_a_new_client_when_trust_changes(
         async def aclose(self) -> None:
             self.closed = True
 
-    monkeypatch.setattr(backend_module, "TokenClient", RecordingClient)
-    mount = SkyflowBackend(BackendConfig(storage=InMemoryStorage()), EngineSettings())
+    monkeypatch.setattr(mount_module, "TokenClient", RecordingClient)
+    mount = MountState(BackendConfig(storage=InMemoryStorage()), EngineSettings())
     first = mount.client()
     assert mount.client() is first
     current["context"] = contexts[1]

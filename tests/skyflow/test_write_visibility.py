@@ -22,12 +22,13 @@ import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
-from skyflow_vault_plugin.skyflow import backend as backend_module
+from skyflow_vault_plugin.skyflow import mount as mount_module
 from skyflow_vault_plugin.skyflow import storage as store
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend, build_backend
+from skyflow_vault_plugin.skyflow.backend import build_backend
 from skyflow_vault_plugin.skyflow.cache import ByteBudget
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
 from vault_plugin_sdk.framework import BackendConfig, Entity, StaticSystemView
 from vault_plugin_sdk.framework.storage import StorageEntry
@@ -93,7 +94,7 @@ class GatedView(StaticSystemView):
 @dataclass
 class Mount:
     client: PluginTestClient
-    engine: SkyflowBackend
+    engine: MountState
     storage: GatedStorage
 
 
@@ -127,7 +128,7 @@ async def open_mount(
         credentials_dir=str(credentials_dir) if credentials_dir else None,
     )
     config = BackendConfig(storage=storage, system_view=view or StaticSystemView())
-    engine = SkyflowBackend(config, settings)
+    engine = MountState(config, settings)
     backend = build_backend(engine, config)
     await backend.initialize()
     try:
@@ -395,7 +396,7 @@ async def test_a_credentials_file_holding_another_account_drops_the_tokens(
 async def test_unknown_role_names_are_remembered_only_up_to_a_bound(
     emulator: InProcessEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backend_module, "MAX_ABSENT_ROLES", 8, raising=False)
+    monkeypatch.setattr(mount_module, "MAX_ABSENT_ROLES", 8, raising=False)
     async with open_mount(emulator) as mount:
         engine = mount.engine
         await stored_role(mount.storage, "real", ["r1"])

@@ -28,9 +28,9 @@ from vault_plugin_sdk.framework import (
 )
 
 from . import storage as store
-from .backend import HEALTH_CACHE_KEY, SkyflowBackend
 from .errors import InvalidInput, SkyflowRejected, SkyflowUntrusted, UpstreamError
 from .errors_http import to_logical
+from .mount import HEALTH_CACHE_KEY, MountState
 from .path_roles import validate_tags
 from .storage import ConfigEntry, utc_now
 from .telemetry import CONFIG_DELETE, CONFIG_READ, CONFIG_WRITE
@@ -91,22 +91,22 @@ def _public_view(config: ConfigEntry) -> dict[str, Any]:
     return view
 
 
-async def _exists(b: SkyflowBackend, req: Request, data: FieldData) -> bool:
+async def _exists(b: MountState, req: Request, data: FieldData) -> bool:
     return await b.get_config() is not None
 
 
-async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _read(b: MountState, req: Request, data: FieldData) -> Response | None:
     config = await b.get_config()
     return Response(data=_public_view(config)) if config else None
 
 
-async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _write(b: MountState, req: Request, data: FieldData) -> Response | None:
     # Read-modify-write: two writes must not both start from version N.
     async with b.locks.hold(store.CONFIG_KEY):
         return await _update(b, req, data)
 
 
-async def _update(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _update(b: MountState, req: Request, data: FieldData) -> Response | None:
     current = await b.get_config()
     json_value, has_json = data.get_ok("credentials_json")
     path_value, has_path = data.get_ok("credentials_file_path")
@@ -212,14 +212,14 @@ def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:
     return replace(current, credentials_type=credentials_type)
 
 
-async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _delete(b: MountState, req: Request, data: FieldData) -> Response | None:
     async with b.locks.hold(store.CONFIG_KEY):
         await b.storage.delete(store.CONFIG_KEY)
         b.set_config(None, None)
     return None
 
 
-def config_paths(b: SkyflowBackend) -> list[Path]:
+def config_paths(b: MountState) -> list[Path]:
     """The ``config`` path."""
     traced = b.telemetry.instrument
     write = traced(CONFIG_WRITE, partial(_write, b))

@@ -26,11 +26,11 @@ from vault_plugin_sdk.framework import (
     name_part,
 )
 
-from .backend import SkyflowBackend
 from .client import IssuedToken, canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx
 from .errors import InvalidInput, SkyflowUnavailable, UpstreamError
 from .errors_http import to_logical
+from .mount import MountState
 from .path_roles import MAX_NAME_LENGTH
 from .storage import RoleEntry
 from .telemetry import TOKEN_GENERATE, note_cache, note_ctx, note_error
@@ -73,7 +73,7 @@ def _policy(role: RoleEntry) -> CtxPolicy:
     )
 
 
-async def _identity(b: SkyflowBackend, req: Request) -> Identity:
+async def _identity(b: MountState, req: Request) -> Identity:
     if not req.entity_id:
         return Identity(entity=None)
     entity = await b.system_view.entity_info(req.entity_id)
@@ -81,7 +81,7 @@ async def _identity(b: SkyflowBackend, req: Request) -> Identity:
     return Identity(entity=entity, groups=tuple(groups))
 
 
-async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _issue(b: MountState, req: Request, data: FieldData) -> Response | None:
     name: str = data.get("name")
     # Taken before any await: a write that lands while this read waits must not let a
     # token minted from what the read loaded be stored as current.
@@ -145,7 +145,7 @@ async def _issue(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
     return Response(data=token_data(token))
 
 
-def creds_paths(b: SkyflowBackend) -> list[Path]:
+def creds_paths(b: MountState) -> list[Path]:
     """The ``creds/<name>`` path."""
     handler = b.telemetry.instrument(TOKEN_GENERATE, partial(_issue, b))
     return [

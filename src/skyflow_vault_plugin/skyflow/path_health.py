@@ -30,9 +30,9 @@ from vault_plugin_sdk.framework import (
     Response,
 )
 
-from .backend import HEALTH_CACHE_KEY, PLUGIN_VERSION, SkyflowBackend
 from .client import IssuedToken
 from .errors import SkyflowError, SkyflowRejected
+from .mount import HEALTH_CACHE_KEY, PLUGIN_VERSION, MountState
 from .telemetry import HEALTH_CHECK
 
 HEALTH_MIN_REMAINING = 60.0  # seconds a reused probe token must still be valid
@@ -70,7 +70,7 @@ def _check(ok: bool, message: str, **details: Any) -> dict[str, Any]:
     return {"ok": ok, "message": message, **details}
 
 
-async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _health(b: MountState, req: Request, data: FieldData) -> Response | None:
     checks: dict[str, dict[str, Any]] = {}
     # What an operator does about a failed check, when its message does not say it already.
     fixes: dict[str, str] = {}
@@ -153,7 +153,7 @@ async def _health(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
     return Response(data=body, status=code, warnings=reasons)
 
 
-def health_paths(b: SkyflowBackend) -> list[Path]:
+def health_paths(b: MountState) -> list[Path]:
     """The ``health`` path."""
     return [
         Path(

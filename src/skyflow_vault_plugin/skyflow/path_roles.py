@@ -27,9 +27,9 @@ from vault_plugin_sdk.framework import (
 )
 
 from . import storage as store
-from .backend import SkyflowBackend
 from .client import ACCESS_TOKEN_LIFETIME, CTX_KEY
 from .ctx_policy import CTX_MODES, MAX_CTX_KEYS, check_template
+from .mount import MountState
 from .storage import RoleEntry, utc_now
 from .telemetry import ROLE_DELETE, ROLE_LIST, ROLE_READ, ROLE_WRITE
 
@@ -183,16 +183,16 @@ def _public_view(role: RoleEntry) -> dict[str, Any]:
     return view
 
 
-async def _exists(b: SkyflowBackend, req: Request, data: FieldData) -> bool:
+async def _exists(b: MountState, req: Request, data: FieldData) -> bool:
     return await b.get_role(data.get("name")) is not None
 
 
-async def _read(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _read(b: MountState, req: Request, data: FieldData) -> Response | None:
     role = await b.get_role(data.get("name"))
     return Response(data=_public_view(role)) if role else None
 
 
-async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _write(b: MountState, req: Request, data: FieldData) -> Response | None:
     name = data.get("name")
     # Read-modify-write: a concurrent update of the role must not start from the same
     # entry and lose this one's fields.
@@ -200,7 +200,7 @@ async def _write(b: SkyflowBackend, req: Request, data: FieldData) -> Response |
         return await _update(b, name, data)
 
 
-async def _update(b: SkyflowBackend, name: str, data: FieldData) -> Response | None:
+async def _update(b: MountState, name: str, data: FieldData) -> Response | None:
     current = await b.get_role(name)
     if current is None:
         data.require("role_ids")
@@ -232,7 +232,7 @@ def _check_ctx_rules(role: RoleEntry) -> None:
         )
 
 
-async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _delete(b: MountState, req: Request, data: FieldData) -> Response | None:
     name = data.get("name")
     async with b.locks.hold(store.ROLE_PREFIX + name):
         await b.storage.delete(store.ROLE_PREFIX + name)
@@ -240,11 +240,11 @@ async def _delete(b: SkyflowBackend, req: Request, data: FieldData) -> Response 
     return None
 
 
-async def _list(b: SkyflowBackend, req: Request, data: FieldData) -> Response | None:
+async def _list(b: MountState, req: Request, data: FieldData) -> Response | None:
     return Response.list(await b.storage.list(store.ROLE_PREFIX))
 
 
-def role_paths(b: SkyflowBackend) -> list[Path]:
+def role_paths(b: MountState) -> list[Path]:
     """The ``roles/`` and ``roles/<name>`` paths."""
     traced = b.telemetry.instrument
     write = traced(ROLE_WRITE, partial(_write, b))

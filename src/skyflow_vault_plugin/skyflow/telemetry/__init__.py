@@ -6,6 +6,7 @@
   the names of spans, metrics and attributes, and the disabled implementation.
 * :mod:`.otel` -- the OpenTelemetry implementation; imported only when a signal is on, so a
   plugin with telemetry off never loads the SDK.
+* :mod:`.factory` -- the process-wide instance, built from the environment on first use.
 
 See ``docs/telemetry.md`` for the environment variables and every name.
 """
@@ -27,15 +28,14 @@ from .core import (
     OpScope,
     Telemetry,
     classify_error,
-    create_telemetry,
     current_scope,
     mount_name,
     note_cache,
     note_ctx,
     note_error,
-    process_telemetry,
     trace_id_from_traceparent,
 )
+from .factory import create_telemetry, process_telemetry
 from .settings import TelemetrySettings, TelemetrySettingsError
 
 __all__ = [

@@ -17,9 +17,7 @@ for no attribute dictionaries, no spans and no metric points. It never imports O
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -48,7 +46,7 @@ from ..errors import (
     SkyflowUnavailable,
     UpstreamError,
 )
-from .settings import APPLICATION_LABEL, TelemetrySettings, TelemetrySettingsError
+from .settings import APPLICATION_LABEL, TelemetrySettings
 
 if TYPE_CHECKING:
     from ..client import AttemptHook
@@ -70,13 +68,11 @@ __all__ = [
     "OpScope",
     "Telemetry",
     "classify_error",
-    "create_telemetry",
     "current_scope",
     "mount_name",
     "note_cache",
     "note_ctx",
     "note_error",
-    "process_telemetry",
     "trace_id_from_traceparent",
 ]
 
@@ -572,52 +568,3 @@ class Telemetry:
         if keys:
             fields["ctx_keys"] = ",".join(keys)
         logger.info("token request", extra=fields)
-
-
-# -- the process-wide instance --------------------------------------------------------------
-
-
-def create_telemetry(env: Mapping[str, str]) -> Telemetry:
-    """Telemetry for ``env``. Invalid settings switch telemetry off (logged), never the plugin."""
-    try:
-        settings = TelemetrySettings.from_env(env)
-    except TelemetrySettingsError as exc:
-        _log.error("telemetry is off: invalid setting %s", exc)
-        return Telemetry(TelemetrySettings(disabled_reason=f"invalid setting {exc.variable}"))
-    if not settings.active:
-        _log.debug("telemetry is off: %s", settings.disabled_reason)
-        return Telemetry(settings)
-    try:
-        from .otel import OTelTelemetry
-
-        telemetry: Telemetry = OTelTelemetry(settings)
-    except Exception:
-        _log.error("telemetry could not start; continuing without it", exc_info=True)
-        return Telemetry(settings)
-    _log.info(
-        "telemetry is on",
-        extra={
-            "traces": settings.traces_enabled,
-            "metrics": settings.metrics_enabled,
-            "sample_rate": settings.sample_rate,
-            "metrics_export_interval_s": settings.metrics_export_interval,
-        },
-    )
-    return telemetry
-
-
-_process: Telemetry | None = None
-
-
-def process_telemetry() -> Telemetry:
-    """The process-wide telemetry, created from ``os.environ`` on first use.
-
-    One plugin process serves every mount of the plugin, so the providers are shared; a
-    mount's Cleanup flushes them and process exit shuts them down.
-    """
-    global _process
-    if _process is None:
-        _process = create_telemetry(os.environ)
-        if _process.enabled:
-            atexit.register(_process.shutdown)
-    return _process

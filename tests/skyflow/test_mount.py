@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from skyflow_vault_plugin.skyflow import backend as backend_module
-from skyflow_vault_plugin.skyflow.backend import EngineSettings, SkyflowBackend
+from skyflow_vault_plugin.skyflow import mount as mount_module
+from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
 from skyflow_vault_plugin.skyflow.trust import shared_tls_context
 from vault_plugin_sdk.framework import BackendConfig
 from vault_plugin_sdk.testing import InMemoryStorage
@@ -26,9 +26,9 @@ def test_mounts_share_one_tls_trust_store_but_not_a_client(
         def __init__(self, *args: Any, verify: Any = None, **kwargs: Any) -> None:
             seen.append(verify)
 
-    monkeypatch.setattr(backend_module, "TokenClient", RecordingClient)
+    monkeypatch.setattr(mount_module, "TokenClient", RecordingClient)
     mounts = [
-        SkyflowBackend(BackendConfig(storage=InMemoryStorage()), EngineSettings()) for _ in range(2)
+        MountState(BackendConfig(storage=InMemoryStorage()), EngineSettings()) for _ in range(2)
     ]
     clients = [mount.client() for mount in mounts]
     assert clients[0] is not clients[1]
