@@ -106,7 +106,10 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        loop = asyncio._get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: write at once
+            loop = None
         if loop is None:
             self._write(self._take() + line + self.terminator)
             return
