@@ -50,12 +50,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # only for type checkers: importing these would read the stdlib early
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from importlib.machinery import ModuleSpec
     from types import CodeType, ModuleType
+
+_T = TypeVar("_T")
 
 FORMAT = 2
 EXIT_TAMPERED = 3
@@ -219,11 +221,11 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
     count = size = 0
     for path, expected in pinned.files.items():
         if path.endswith(native):
-            data = _read_checked(path)
+            data = _checked(read_file, path)
             found, length = hashlib.sha256(data).hexdigest(), len(data)
             pinned.native[path] = data
         else:
-            found, length = _hash_checked(path)
+            found, length = _checked(hash_file, path)
         if found != expected:
             raise IntegrityError(
                 f"{path} changed since it was installed "
@@ -243,18 +245,10 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
     return count + 1, size + length, fd
 
 
-def _hash_checked(path: str) -> tuple[str, int]:
+def _checked(operation: Callable[[str], _T], path: str) -> _T:
+    """``operation(path)``, with a missing or unreadable pinned file reported as such."""
     try:
-        return hash_file(path)
-    except FileNotFoundError:
-        raise IntegrityError(f"{path} is missing (it was there at install time)") from None
-    except OSError as exc:
-        raise IntegrityError(f"{path} cannot be read: {exc.strerror}") from None
-
-
-def _read_checked(path: str) -> bytes:
-    try:
-        return read_file(path)
+        return operation(path)
     except FileNotFoundError:
         raise IntegrityError(f"{path} is missing (it was there at install time)") from None
     except OSError as exc:
