@@ -78,7 +78,7 @@ def _copy_install(
         bao.plugin_dir,
         name,
         package_dir=copy,
-        env=[f"{key}={value}" for key, value in emulator.plugin_env().items()],
+        env=emulator.plugin_env_entries(),
         **kwargs,  # type: ignore[arg-type]
     )
     bao.cli(*installed.bao_register_argv()[1:], check=True)
@@ -412,7 +412,7 @@ def _serve_from_printed(
     bao, emulator = servers
     assert f"runs {python} and pins" in printed
     register, _, enable = _printed_commands(printed, "bao")
-    env = [f"env={key}={value}" for key, value in emulator.plugin_env().items()]
+    env = [f"env={entry}" for entry in emulator.plugin_env_entries()]
     bao.cli(*register[1:], *env, check=True)
     bao.cli(*enable[1:], check=True)
     _serve_tokens(bao, emulator, f"{name}/unit")

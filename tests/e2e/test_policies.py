@@ -45,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         EmulatorProcess(state_dir=work / "emulator") as emulator,
         OpenBaoServer.dev(work / "bao") as bao,
     ):
-        plugin_env = [f"{key}={value}" for key, value in emulator.plugin_env().items()]
+        plugin_env = emulator.plugin_env_entries()
         installed = install(bao.plugin_dir, env=plugin_env)
         bao.cli(*installed.bao_register_argv()[1:], check=True)
         root = bao.client()

@@ -304,7 +304,7 @@ def run_demo(work_dir: Path, *, once: bool) -> int:
         _say(f"  {bao.addr}  (log: {bao.log_path})")
 
         _say("Installing the plugin (skyflow-vault-plugin install) and registering it by sha256:")
-        plugin_env = [f"{key}={value}" for key, value in emulator.plugin_env().items()]
+        plugin_env = emulator.plugin_env_entries()
         plugin_env.append(f"SKYFLOW_CREDENTIALS_DIR={credentials_dir(work_dir)}")
         installation = install(bao.plugin_dir, PLUGIN_NAME, env=plugin_env)
         _say(

@@ -231,6 +231,11 @@ class EmulatorProcess:
             "SKYFLOW_ALLOWED_TOKEN_HOSTS": urlsplit(self.url).netloc,
         }
 
+    def plugin_env_entries(self) -> list[str]:
+        """:meth:`plugin_env` as ``KEY=VALUE`` entries, the form of a catalog's ``env`` and of
+        ``skyflow-vault-plugin install --env``."""
+        return [f"{key}={value}" for key, value in self.plugin_env().items()]
+
     def _read_ready_line(self) -> dict[str, Any]:
         assert self._proc is not None
         assert self._proc.stdout is not None
