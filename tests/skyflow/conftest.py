@@ -18,7 +18,7 @@ from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
-from skyflow_vault_plugin.skyflow.credentials import TokenHosts
+from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, TokenHosts, parse_credentials
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from vault_plugin_sdk.framework import StaticSystemView
 from vault_plugin_sdk.testing import PluginTestClient, open_driver
@@ -43,6 +43,12 @@ def emulator() -> InProcessEmulator:
 @pytest.fixture(scope="module")
 def creds(emulator: InProcessEmulator) -> dict[str, str]:
     return emulator.create_account("tests-a")
+
+
+@pytest.fixture(scope="module")
+def account(creds: dict[str, str]) -> ServiceAccount:
+    """``creds`` parsed: the service account that signs assertions."""
+    return parse_credentials(creds)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from skyflow_vault_plugin.skyflow.cache import (
     entry_size,
     process_budget,
 )
-from skyflow_vault_plugin.skyflow.client import IssuedToken
+from skyflow_vault_plugin.skyflow.responses import IssuedToken
 
 NOW = 1_700_000_000.0
 GEN = (1, 1)

@@ -15,17 +15,10 @@ import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
-from skyflow_vault_plugin.skyflow.client import (
-    ASSERTION_LIFETIME,
+from skyflow_vault_plugin.skyflow.assertion import (
     GRANT_TYPE,
-    ExchangePolicy,
-    IssuedToken,
-    TokenClient,
-    build_assertion,
-    canonical_ctx,
-    format_scope,
-    validate_ctx,
 )
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import (
     InvalidContext,
@@ -35,6 +28,7 @@ from skyflow_vault_plugin.skyflow.errors import (
     UpstreamError,
     safe_text,
 )
+from skyflow_vault_plugin.skyflow.responses import IssuedToken
 
 FAST = ExchangePolicy(deadline=5.0, backoff_base=0.01, backoff_max=0.05)
 
@@ -47,11 +41,6 @@ def emulator() -> InProcessEmulator:
 @pytest.fixture(scope="module")
 def creds(emulator: InProcessEmulator) -> dict[str, str]:
     return emulator.create_account(client_name="client-tests")
-
-
-@pytest.fixture(scope="module")
-def account(creds: dict[str, str]) -> ServiceAccount:
-    return parse_credentials(creds)
 
 
 @pytest.fixture(autouse=True)
@@ -67,110 +56,6 @@ def _clean(emulator: InProcessEmulator) -> Iterator[None]:
 async def client(emulator: InProcessEmulator) -> AsyncIterator[TokenClient]:
     async with TokenClient(FAST, transport=emulator.transport()) as token_client:
         yield token_client
-
-
-def _public_key(account: ServiceAccount) -> Any:
-    return account.private_key.public_key()
-
-
-# ------------------------------------------------------------------------------ assertion
-
-
-def test_assertion_claims_and_header(account: ServiceAccount) -> None:
-    now = 1_700_000_000.7
-    assertion = build_assertion(account, now=now)
-    assert jwt.get_unverified_header(assertion) == {"alg": "RS256", "typ": "JWT"}
-    claims = jwt.decode(
-        assertion,
-        _public_key(account),
-        algorithms=["RS256"],
-        audience=account.token_uri,
-        options={"verify_exp": False},
-    )
-    assert claims == {
-        "iss": account.client_id,
-        "key": account.key_id,
-        "aud": account.token_uri,
-        "sub": account.client_id,
-        "exp": 1_700_000_000 + ASSERTION_LIFETIME,
-    }
-    # short-lived on purpose: the SDK signs 60 minutes, a leaked assertion would mint that long
-    assert ASSERTION_LIFETIME == 300
-    # the SDK's claim order, so the signed bytes look alike
-    payload = json.loads(jwt.utils.base64url_decode(assertion.split(".")[1]))
-    assert list(payload) == ["iss", "key", "aud", "sub", "exp"]
-
-
-@pytest.mark.parametrize(
-    "ctx",
-    ["user_42", {"user_id": "u1", "tier": 3, "nested": {"a-b": [1, None]}}, 7, 2.5, True, False],
-)
-def test_assertion_carries_ctx(account: ServiceAccount, ctx: Any) -> None:
-    claims = jwt.decode(build_assertion(account, ctx), options={"verify_signature": False})
-    assert claims["ctx"] == ctx
-
-
-@pytest.mark.parametrize("ctx", [None, "", "   ", {}])
-def test_empty_ctx_dropped(account: ServiceAccount, ctx: Any) -> None:
-    claims = jwt.decode(build_assertion(account, ctx), options={"verify_signature": False})
-    assert "ctx" not in claims
-    assert validate_ctx(ctx) is None
-    assert canonical_ctx(ctx) == ""
-
-
-@pytest.mark.parametrize(
-    "ctx",
-    [
-        {"bad-key": 1},
-        {"bad key": 1},
-        {"trailing\n": 1},
-        {"": 1},
-        {1: "x"},
-        {"ok": float("nan")},
-        {"ok": object()},
-        ["a"],
-        float("inf"),
-        b"bytes",
-        {"k": "x" * 9000},
-    ],
-)
-def test_bad_ctx_refused(account: ServiceAccount, ctx: Any) -> None:
-    with pytest.raises(InvalidContext) as info:
-        validate_ctx(ctx)
-    assert info.value.field == "ctx"
-    assert isinstance(info.value, ValueError)
-    with pytest.raises(InvalidContext):
-        build_assertion(account, ctx)
-
-
-def test_deep_ctx_refused() -> None:
-    deep: dict[str, Any] = {"x": 1}
-    for _ in range(10):
-        deep = {"k": deep}
-    with pytest.raises(InvalidContext):
-        validate_ctx(deep)
-
-
-def test_canonical_ctx_is_stable() -> None:
-    assert canonical_ctx({"b": 1, "a": {"d": 2, "c": 3}}) == canonical_ctx(
-        {"a": {"c": 3, "d": 2}, "b": 1}
-    )
-    assert canonical_ctx({"b": 1, "a": 2}) == '{"a":2,"b":1}'
-    assert canonical_ctx("user") == '"user"'
-    assert canonical_ctx(5) != canonical_ctx("5")
-
-
-def test_format_scope() -> None:
-    assert format_scope([]) is None
-    assert format_scope(()) is None
-    assert format_scope(["a1"]) == "role:a1"
-    assert format_scope(["a1", "b2"]) == "role:a1 role:b2"
-    for bad in (["a b"], [""], ["ok", " x"]):
-        with pytest.raises(InvalidInput) as info:
-            format_scope(bad)
-        assert info.value.field == "role_ids"
-    with pytest.raises(TypeError):
-        format_scope("a1")
 
 
 # --------------------------------------------------------------------------------- results

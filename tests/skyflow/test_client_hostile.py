@@ -20,15 +20,15 @@ import pytest
 from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow import client as client_module
 from skyflow_vault_plugin.skyflow.backend import make_factory
-from skyflow_vault_plugin.skyflow.client import (
-    MAX_ERROR_BYTES,
-    MAX_RESPONSE_BYTES,
-    ExchangePolicy,
-    TokenClient,
-)
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, TokenHosts, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected, SkyflowUnavailable
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
+from skyflow_vault_plugin.skyflow.responses import (
+    MAX_ERROR_BYTES,
+    MAX_MOUNT_BACKOFF,
+    MAX_RESPONSE_BYTES,
+)
 from vault_plugin_sdk.testing import PluginTestClient, open_driver
 
 FAST = ExchangePolicy(deadline=2.0, backoff_base=0.01, backoff_max=0.02, max_attempts=2)
@@ -249,7 +249,7 @@ async def test_a_huge_retry_after_pauses_the_mount_for_a_bounded_time(
     async with _client(handler) as client:
         with pytest.raises(SkyflowUnavailable):
             await client.exchange(account)
-        assert 0 < client.backing_off() <= client_module.MAX_MOUNT_BACKOFF
+        assert 0 < client.backing_off() <= MAX_MOUNT_BACKOFF
 
 
 # -- through the engine: one caller's ctx cycling, another's cached token -----------------

@@ -10,9 +10,9 @@ import pytest
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow import client as client_module
-from skyflow_vault_plugin.skyflow.client import MAX_MOUNT_BACKOFF
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import PLUGIN_VERSION
+from skyflow_vault_plugin.skyflow.responses import MAX_MOUNT_BACKOFF
 from tests.skyflow import conftest
 from vault_plugin_sdk.framework import StorageEntry
 from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient

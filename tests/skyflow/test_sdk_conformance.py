@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from skyflow_emulator import EmulatorProcess
-from skyflow_vault_plugin.skyflow.client import ASSERTION_LIFETIME, ExchangePolicy, TokenClient
+from skyflow_vault_plugin.skyflow.assertion import ASSERTION_LIFETIME
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy, TokenClient
 from skyflow_vault_plugin.skyflow.credentials import load_credentials_file, parse_credentials
 from skyflow_vault_plugin.skyflow.errors import SkyflowRejected
 

@@ -26,9 +26,10 @@ from skyflow_vault_plugin.skyflow import mount as mount_module
 from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.backend import build_backend
 from skyflow_vault_plugin.skyflow.cache import ByteBudget
-from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
+from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
+from skyflow_vault_plugin.skyflow.responses import IssuedToken
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
 from vault_plugin_sdk.framework import BackendConfig, Entity, StaticSystemView
 from vault_plugin_sdk.framework.storage import StorageEntry

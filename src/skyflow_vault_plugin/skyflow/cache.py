@@ -26,8 +26,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .client import IssuedToken
 from .engine_env import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
+from .responses import IssuedToken
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "ByteBudget", "TokenCache"]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from vault_plugin_sdk.framework import Entity, Group
 
-from .client import CTX_KEY
+from .ctx import CTX_KEY
 from .errors import InvalidContext
 
 CTX_MODES = ("free", "restricted", "none")

@@ -40,6 +40,7 @@ __all__ = [
     "UpstreamError",
     "redact",
     "safe_text",
+    "short_repr",
 ]
 
 # Anything shaped like a JWT (header.payload.signature, base64url) or a PEM block is replaced
@@ -89,6 +90,12 @@ def safe_text(text: str, limit: int = _MAX_TEXT) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to 40 characters, to name a bad value in an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class SkyflowError(Exception):

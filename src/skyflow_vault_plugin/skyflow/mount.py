@@ -37,7 +37,7 @@ from vault_plugin_sdk.framework import (
 from .. import __version__
 from . import storage as store
 from .cache import ByteBudget, TokenCache, process_budget
-from .client import ExchangePolicy, IssuedToken, TokenClient
+from .client import ExchangePolicy, TokenClient
 from .credentials import (
     CREDENTIALS_DIR_ENV,
     ServiceAccount,
@@ -48,6 +48,7 @@ from .credentials import (
 )
 from .engine_env import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, read_engine_env
 from .keyed_locks import KeyedLocks
+from .responses import IssuedToken
 from .storage import ConfigEntry, RoleEntry
 from .telemetry import Telemetry, process_telemetry
 from .trust import shared_tls_context

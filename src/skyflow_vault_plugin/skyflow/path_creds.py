@@ -26,12 +26,13 @@ from vault_plugin_sdk.framework import (
     name_part,
 )
 
-from .client import IssuedToken, canonical_ctx
+from .ctx import canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx
 from .errors import InvalidInput, SkyflowUnavailable, UpstreamError
 from .errors_http import to_logical
 from .mount import MountState
 from .path_roles import MAX_NAME_LENGTH
+from .responses import IssuedToken
 from .storage import RoleEntry
 from .telemetry import TOKEN_GENERATE, note_cache, note_ctx, note_error
 

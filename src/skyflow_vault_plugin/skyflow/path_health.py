@@ -30,9 +30,9 @@ from vault_plugin_sdk.framework import (
     Response,
 )
 
-from .client import IssuedToken
 from .errors import SkyflowError, SkyflowRejected
 from .mount import HEALTH_CACHE_KEY, PLUGIN_VERSION, MountState
+from .responses import IssuedToken
 from .telemetry import HEALTH_CHECK
 
 HEALTH_MIN_REMAINING = 60.0  # seconds a reused probe token must still be valid

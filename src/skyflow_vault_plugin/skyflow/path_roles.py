@@ -27,9 +27,10 @@ from vault_plugin_sdk.framework import (
 )
 
 from . import storage as store
-from .client import ACCESS_TOKEN_LIFETIME, CTX_KEY
+from .ctx import CTX_KEY
 from .ctx_policy import CTX_MODES, MAX_CTX_KEYS, check_template
 from .mount import MountState
+from .responses import ACCESS_TOKEN_LIFETIME
 from .storage import RoleEntry, utc_now
 from .telemetry import ROLE_DELETE, ROLE_LIST, ROLE_READ, ROLE_WRITE
 
