@@ -23,7 +23,8 @@ PACKAGE_ROOTS = {
 }
 
 # No import cycles: the engine reads one way, mount state <- path modules <- backend, and
-# telemetry core <- otel <- factory. A set, so that a failure names the cycle it found.
+# telemetry names <- scope <- disabled <- otel <- factory. A set, so that a failure names the
+# cycle it found.
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
 

@@ -1,6 +1,6 @@
 """The process-wide telemetry: the OpenTelemetry implementation when a signal is on, the
-disabled one otherwise. Kept apart from :mod:`.core` so that the OpenTelemetry module, which
-builds on ``core``, is imported by neither ``core`` nor the engine directly."""
+disabled one otherwise. Kept apart from :mod:`.disabled` so that the OpenTelemetry module, which
+builds on it, is imported by neither ``disabled`` nor the engine directly."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import logging
 import os
 from collections.abc import Mapping
 
-from .core import Telemetry
+from .disabled import Telemetry
+from .names import LOGGER
 from .settings import TelemetrySettings, TelemetrySettingsError
 
-_log = logging.getLogger(
-    "skyflow_vault_plugin.skyflow.telemetry.core"
-)  # the name it always logged under
+_log = logging.getLogger(LOGGER)
 
 
 def create_telemetry(env: Mapping[str, str]) -> Telemetry:

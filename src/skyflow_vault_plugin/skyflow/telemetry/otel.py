@@ -35,7 +35,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from vault_plugin_sdk.framework import Request
 
 from ... import __version__
-from .core import (
+from .classify import classify_error
+from .disabled import Telemetry
+from .labels import ApplicationLabels, ctx_shape, request_id_label
+from .names import (
     ATTR_APPLICATION,
     ATTR_CACHE,
     ATTR_CTX_KEYS,
@@ -63,15 +66,9 @@ from .core import (
     SPAN_SDK_AUTH,
     SUCCESS,
     UNKNOWN_ROLE,
-    ApplicationLabels,
     Op,
-    OpScope,
-    Telemetry,
-    _current,
-    _request_id,
-    classify_error,
-    ctx_shape,
 )
+from .scope import CURRENT_SCOPE, OpScope
 from .settings import TelemetrySettings
 
 if TYPE_CHECKING:
@@ -212,7 +209,7 @@ class _Exchange(AbstractContextManager["_Exchange"]):
         self.token: Any = None
 
     def __enter__(self) -> _Exchange:
-        scope = _current.get()
+        scope = CURRENT_SCOPE.get()
         self.scope = scope
         self.mount = scope.mount if scope is not None else ""
         tracer = self.telemetry.tracer
@@ -361,7 +358,7 @@ class OTelTelemetry(Telemetry):
     def _on_attempt(self, status: int | None, request_id: str | None, elapsed: float) -> None:
         exchange = _exchange.get()
         elapsed_ms = elapsed * 1000.0
-        clean_id = _request_id(request_id)
+        clean_id = request_id_label(request_id)
         if exchange is not None:
             exchange.attempt(status, clean_id, elapsed_ms)
         metrics = self._metrics
