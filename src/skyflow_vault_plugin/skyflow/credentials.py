@@ -401,8 +401,8 @@ def _normalise_keys(
     return values, names
 
 
-def _required_id(values: Mapping[str, object], key: str, name: str) -> str:
-    value = values.get(key)
+def _required_text(value: object, name: str) -> str:
+    """``value`` stripped; refused when missing, not a string, or blank."""
     if value is None:
         raise CredentialsError(name, "is required")
     if not isinstance(value, str):
@@ -410,6 +410,11 @@ def _required_id(values: Mapping[str, object], key: str, name: str) -> str:
     value = value.strip()
     if not value:
         raise CredentialsError(name, "must not be empty")
+    return value
+
+
+def _required_id(values: Mapping[str, object], key: str, name: str) -> str:
+    value = _required_text(values.get(key), name)
     if len(value) > _MAX_ID_CHARS or _CONTROL.search(value) or " " in value:
         raise CredentialsError(name, "is not a valid identifier")
     return value
@@ -426,13 +431,7 @@ def _optional_text(value: object, name: str) -> str | None:
 
 
 def _token_uri(value: object, name: str) -> str:
-    if value is None:
-        raise CredentialsError(name, "is required")
-    if not isinstance(value, str):
-        raise CredentialsError(name, f"must be a string, not {_json_type(value)}")
-    value = value.strip()
-    if not value:
-        raise CredentialsError(name, "must not be empty")
+    value = _required_text(value, name)
     if len(value) > 2048 or _CONTROL.search(value) or " " in value:
         raise CredentialsError(name, "is not a valid URL")
     try:

@@ -142,10 +142,10 @@ def _render(key: str, template: str, identity: Identity) -> Any:
 
 def _entity(key: str, identity: Identity) -> Entity:
     if identity.entity is None:
-        raise InvalidContext(
-            f"ctx_template key {key!r} cannot be resolved: the caller's token has no identity "
-            "entity (log in through an auth method; root tokens have none)",
-            field=f"ctx.{key}",
+        raise _unresolved(
+            key,
+            "the caller's token has no identity entity (log in through an auth method; root "
+            "tokens have none)",
         )
     return identity.entity
 
@@ -160,27 +160,19 @@ def _lookup(key: str, name: str, identity: Identity) -> str:
     if parts[2] == "metadata":
         value = entity.metadata.get(parts[3])
         if value is None:
-            raise InvalidContext(
-                f"ctx_template key {key!r} cannot be resolved: the caller's entity has no "
-                f"metadata {parts[3]!r}",
-                field=f"ctx.{key}",
-            )
+            raise _unresolved(key, f"the caller's entity has no metadata {parts[3]!r}")
         return value
     accessor = parts[3]
     alias = next((a for a in entity.aliases if a.mount_accessor == accessor), None)
     if alias is None:
-        raise InvalidContext(
-            f"ctx_template key {key!r} cannot be resolved: the caller's entity has no alias "
-            f"on auth mount {accessor!r}",
-            field=f"ctx.{key}",
-        )
+        raise _unresolved(key, f"the caller's entity has no alias on auth mount {accessor!r}")
     if len(parts) == 5:  # ...aliases.<accessor>.name
         return alias.name
     value = alias.metadata.get(parts[5])
     if value is None:
-        raise InvalidContext(
-            f"ctx_template key {key!r} cannot be resolved: the caller's alias on {accessor!r} "
-            f"has no metadata {parts[5]!r}",
-            field=f"ctx.{key}",
-        )
+        raise _unresolved(key, f"the caller's alias on {accessor!r} has no metadata {parts[5]!r}")
     return value
+
+
+def _unresolved(key: str, why: str) -> InvalidContext:
+    return InvalidContext(f"ctx_template key {key!r} cannot be resolved: {why}", field=f"ctx.{key}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from vault_plugin_sdk.framework import Storage, StorageEntry, StorageError
 
@@ -24,18 +24,28 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_schema(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
-    version = raw.get("schema_version", 1)
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise StorageError(
-            f"stored {kind} has schema version {version!r}, newer than this plugin supports "
-            f"({SCHEMA_VERSION}); upgrade the plugin"
-        )
-    return raw
+@dataclass
+class _Entry:
+    """What the config and role entries share: how a stored JSON entry becomes one."""
+
+    _KIND: ClassVar[str]
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Self:
+        """The entry stored as ``raw``: keys this release does not know are dropped, and an
+        entry of a newer schema than this release's is refused."""
+        version = raw.get("schema_version", 1)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise StorageError(
+                f"stored {cls._KIND} has schema version {version!r}, newer than this plugin "
+                f"supports ({SCHEMA_VERSION}); upgrade the plugin"
+            )
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 @dataclass
-class ConfigEntry:
+class ConfigEntry(_Entry):
     """The mount's Skyflow service account and its metadata.
 
     With ``credentials_type == "json"`` the whole credentials JSON is stored (encrypted by
@@ -44,6 +54,8 @@ class ConfigEntry:
     ``client_id``, ``key_id`` and ``token_uri`` are copied from the credentials so that a
     read can show them without touching the key.
     """
+
+    _KIND = "config"
 
     credentials_type: str
     # Holds the private key: never in repr (reprs reach logs and tracebacks).
@@ -59,16 +71,12 @@ class ConfigEntry:
     last_updated: str = ""
     schema_version: int = SCHEMA_VERSION
 
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ConfigEntry:
-        raw = _check_schema("config", raw)
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
 
 @dataclass
-class RoleEntry:
+class RoleEntry(_Entry):
     """A named set of Skyflow role IDs and how tokens for it are minted and reused."""
+
+    _KIND = "role"
 
     name: str
     role_ids: list[str]
@@ -83,12 +91,6 @@ class RoleEntry:
     created_at: str = ""
     updated_at: str = ""
     schema_version: int = SCHEMA_VERSION
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> RoleEntry:
-        raw = _check_schema("role", raw)
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 async def load_config(storage: Storage) -> ConfigEntry | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "DEFAULT_APPLICATION_MAX_VALUES",
@@ -232,7 +232,8 @@ class TelemetrySettings:
         allowlist = _allowlist(env)
         max_values = _max_values(env)
 
-        def off(reason: str) -> TelemetrySettings:
+        def without_signals(reason: str) -> TelemetrySettings:
+            # what every outcome shares; the last return adds the signals
             return cls(
                 environment=environment,
                 application_allowlist=allowlist,
@@ -242,12 +243,12 @@ class TelemetrySettings:
             )
 
         if environment == "dev":
-            return off("ENV=dev")
+            return without_signals("ENV=dev")
         if _bool(env, "OTEL_SDK_DISABLED"):
-            return off("OTEL_SDK_DISABLED=true")
+            return without_signals("OTEL_SDK_DISABLED=true")
         master = _bool(env, "TELEMETRY_ENABLED")
         if master is False:
-            return off("TELEMETRY_ENABLED=false")
+            return without_signals("TELEMETRY_ENABLED=false")
 
         _check_protocols(env)
         # As the SDK resolves them: a signal's own URL as is, else the base URL + /v1/<signal>.
@@ -284,11 +285,8 @@ class TelemetrySettings:
                 low=_MIN_INTERVAL,
                 high=_MAX_INTERVAL,
             )
-        return cls(
-            environment=environment,
-            application_allowlist=allowlist,
-            application_max_values=max_values,
-            audit_log=audit_log is not False,
+        return replace(
+            without_signals(reason),
             traces_enabled=traces,
             metrics_enabled=metrics,
             sample_rate=_sample_rate(env),
@@ -297,5 +295,4 @@ class TelemetrySettings:
             metrics_timeout=_timeout(env, "METRICS"),
             traces_endpoint=traces_endpoint if traces else None,
             metrics_endpoint=metrics_endpoint if metrics else None,
-            disabled_reason=reason,
         )
