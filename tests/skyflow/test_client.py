@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,23 +33,8 @@ from skyflow_vault_plugin.skyflow.responses import IssuedToken
 FAST = ExchangePolicy(deadline=5.0, backoff_base=0.01, backoff_max=0.05)
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account(client_name="client-tests")
-
-
-@pytest.fixture(autouse=True)
-def _clean(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
+# the emulator, creds, account and fresh_emulator fixtures come from conftest.py
+pytestmark = pytest.mark.usefixtures("fresh_emulator")
 
 
 @pytest.fixture
