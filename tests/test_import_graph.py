@@ -27,6 +27,16 @@ PACKAGE_ROOTS = {
 # cycle it found.
 KNOWN_CYCLES: set[frozenset[str]] = set()
 
+# Layers inside one package, lowest first: a module imports only from the layers before it.
+ENGINE = "skyflow_vault_plugin.skyflow"
+LAYERS = {
+    "the token exchange": [f"{ENGINE}.{m}" for m in ("ctx", "assertion", "responses", "client")],
+    "telemetry": [
+        f"{ENGINE}.telemetry.{m}"
+        for m in ("settings", "names", "labels", "classify", "scope", "disabled", "otel", "factory")
+    ],
+}
+
 
 @dataclass(frozen=True)
 class Edge:
@@ -249,3 +259,32 @@ def test_the_emulator_stands_alone() -> None:
 def test_no_import_cycles() -> None:
     """Imports inside functions count too: they only hide a cycle until the call."""
     assert cycles(graph()) == KNOWN_CYCLES
+
+
+def layer_violations(edges: list[Edge], order: list[str]) -> list[str]:
+    """Edges from a layer of ``order`` to itself or a later one (type-only imports excepted)."""
+    rank = {name: index for index, name in enumerate(order)}
+    return [
+        f"{e.source} -> {e.target}"
+        for e in edges
+        if not e.type_only
+        and e.source in rank
+        and e.target in rank
+        and rank[e.target] >= rank[e.source]
+    ]
+
+
+def test_layers_import_downwards_only() -> None:
+    """Stricter than no cycles: a new back edge fails here even before it closes a cycle."""
+    known = modules()
+    edges = graph()
+    for name, order in LAYERS.items():
+        assert set(order) <= set(known), f"{name}: a layer module is missing"
+        assert layer_violations(edges, order) == [], name
+
+
+def test_a_back_edge_is_a_layer_violation() -> None:
+    order = ["pkg.low", "pkg.high"]
+    edges = [Edge("pkg.high", "pkg.low", False), Edge("pkg.low", "pkg.high", False)]
+    assert layer_violations(edges, order) == ["pkg.low -> pkg.high"]
+    assert layer_violations([Edge("pkg.low", "pkg.high", True)], order) == []
