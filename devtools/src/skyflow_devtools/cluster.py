@@ -41,15 +41,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from .catalog import PluginInfo, catalog_version, write_plugin_executable
 from .client import BaoClient, BaoConnectionError, BaoError, ServerError
-from .openbao import (
-    OpenBaoServer,
-    PluginInfo,
-    catalog_version,
-    free_ports,
-    poll_until,
-    write_plugin_executable,
-)
+from .openbao import OpenBaoServer
+from .ports import free_ports
+from .processes import poll_until
 
 __all__ = ["OpenBaoCluster", "install_plugin_cluster"]
 
