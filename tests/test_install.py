@@ -27,18 +27,9 @@ import pytest
 import skyflow_vault_plugin
 import vault_plugin_sdk
 from skyflow_vault_plugin import launcher
-from skyflow_vault_plugin.install import (
-    InstallError,
-    StartupFailed,
-    _requirement_name,
-    collect_files,
-    fake_host_environment,
-    install,
-    measure_startup,
-    parse_env,
-    render_launcher,
-    runtime_distributions,
-)
+from skyflow_vault_plugin.install import InstallError, install, parse_env, render_launcher
+from skyflow_vault_plugin.pinning import _requirement_name, collect_files, runtime_distributions
+from skyflow_vault_plugin.startup import StartupFailed, fake_host_environment, measure_startup
 
 PACKAGE = Path(skyflow_vault_plugin.__file__).resolve().parent
 REAL_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
