@@ -9,6 +9,7 @@ written by ``install`` also reports how long its integrity check took.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import re
 import select
@@ -29,43 +30,20 @@ __all__ = [
 ]
 
 
-def _self_signed_pem() -> str:
-    """A throwaway ECDSA P-521 certificate, like the one a host puts in PLUGIN_CLIENT_CERT."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP521R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA512())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def fake_host_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a v5 host starts a plugin with (cookie, protocol, client cert)."""
     from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.tls import self_signed_certificate
+
+    # A throwaway certificate like the one a host puts in PLUGIN_CLIENT_CERT.
+    host_cert = self_signed_certificate(curve="P-521", valid_for=datetime.timedelta(hours=1))
 
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR", "LANG")}
     env.update(
         {
             MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE,
             "PLUGIN_PROTOCOL_VERSIONS": "5",
-            "PLUGIN_CLIENT_CERT": _self_signed_pem(),
+            "PLUGIN_CLIENT_CERT": host_cert.cert_pem.decode(),
             "BAO_PLUGIN_AUTOMTLS_ENABLED": "true",
             "VAULT_PLUGIN_AUTOMTLS_ENABLED": "true",
             launcher.TIMING_ENV: "1",
