@@ -38,8 +38,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from skyflow_emulator.lifecycle import Startable
 
 from .catalog import PluginInfo, catalog_version, write_plugin_executable
 from .client import BaoClient, BaoConnectionError, BaoError, ServerError
@@ -52,7 +53,7 @@ __all__ = ["OpenBaoCluster", "install_plugin_cluster"]
 _STABILIZATION_TIME = "1s"
 
 
-class OpenBaoCluster:
+class OpenBaoCluster(Startable):
     """Several raft nodes forming one OpenBao cluster (context manager).
 
     Args:
@@ -114,22 +115,6 @@ class OpenBaoCluster:
         return self._nodes[index]
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self, *, timeout: float = 90.0) -> None:
         """Start every node, initialise node 0, join and unseal the rest, wait for voters.

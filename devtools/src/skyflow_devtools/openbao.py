@@ -44,8 +44,9 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
+
+from skyflow_emulator.lifecycle import Startable
 
 from .catalog import PluginInfo
 from .client import BaoClient, BaoConnectionError, BaoError, ServerError
@@ -131,7 +132,7 @@ def _hcl(value: str) -> str:
 # -- the server --------------------------------------------------------------------------------
 
 
-class OpenBaoServer:
+class OpenBaoServer(Startable):
     """One real ``bao server`` process, in dev mode or on integrated (raft) storage.
 
     Build one with :meth:`dev` or :meth:`raft`, then use it as a context manager (which
@@ -420,22 +421,6 @@ class OpenBaoServer:
         )
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the server (if running), kill leftover plugins, close every client."""
