@@ -503,15 +503,21 @@ def _probe_launcher(tmp_path: Path, package_copy: Path) -> Path:
     return result.path
 
 
-def test_extension_modules_load_from_the_bytes_that_were_hashed(
-    tmp_path: Path, package_copy: Path
-) -> None:
+def _run_probe(tmp_path: Path, package_copy: Path) -> tuple[Path, str]:
+    """The probe launcher, and what it printed when it ran cleanly."""
     path = _probe_launcher(tmp_path, package_copy)
     ran = _run(path)
     assert ran.returncode == 0, ran.stderr
-    assert "mapped from path: False" in ran.stdout
-    assert "mapped from sealed copy: True" in ran.stdout
-    assert "works: 2" in ran.stdout
+    return path, ran.stdout
+
+
+def test_extension_modules_load_from_the_bytes_that_were_hashed(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    path, stdout = _run_probe(tmp_path, package_copy)
+    assert "mapped from path: False" in stdout
+    assert "mapped from sealed copy: True" in stdout
+    assert "works: 2" in stdout
 
     # Swapped after the start-up check, before the import: no effect, the bytes checked at
     # start are the bytes loaded (loading the swapped file by path would fail: it has no
@@ -547,12 +553,10 @@ def _bisect_module() -> ModuleType:
 def test_metadata_shows_only_pinned_distributions_and_files(
     tmp_path: Path, package_copy: Path
 ) -> None:
-    path = _probe_launcher(tmp_path, package_copy)
-    ran = _run(path)
-    assert ran.returncode == 0, ran.stderr
+    _, stdout = _run_probe(tmp_path, package_copy)
     # A plain interpreter would list evil and sneaky too (OpenTelemetry loads such entry
     # points by name from OTEL_* variables).
-    assert "entry points: ['good']" in ran.stdout
+    assert "entry points: ['good']" in stdout
 
 
 # -- the lock file ---------------------------------------------------------------------------------
