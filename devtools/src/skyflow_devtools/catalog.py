@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Required, TypedDict, Unpack
 
 from .client import BaoClient
 
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PluginInfo",
+    "PluginSpec",
     "catalog_version",
     "install_plugin",
+    "install_plugin_on",
     "python_launcher",
     "reload_plugin",
     "write_plugin_executable",
@@ -103,48 +105,87 @@ def write_plugin_executable(
 # -- the catalog -------------------------------------------------------------------------------
 
 
-def install_plugin(
-    server: OpenBaoServer,
-    *,
-    name: str,
-    executable: bytes | Path,
-    version: str | None = None,
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] = (),
-    filename: str | None = None,
-    plugin_type: str = "secret",
-) -> PluginInfo:
+class PluginSpec(TypedDict, total=False):
+    """What to install and how to register it (the keyword arguments of :func:`install_plugin`
+    and :func:`~skyflow_devtools.cluster.install_plugin_cluster`).
+
+    Attributes:
+        name: the catalog name (required).
+        executable: the file's content, or a file to copy (required).
+        version: the catalog version to register; ``None`` lets the plugin report its own.
+        env: the catalog ``env`` (registered as a ``K=V`` list).
+        args: the catalog ``args``.
+        filename: the file name in ``plugin_directory`` (default: ``name``).
+        plugin_type: ``"secret"`` (default), ``"auth"`` or ``"database"``.
+    """
+
+    name: Required[str]
+    executable: Required[bytes | Path]
+    version: str | None
+    env: Mapping[str, str] | None
+    args: Sequence[str]
+    filename: str | None
+    plugin_type: str
+
+
+def install_plugin(server: OpenBaoServer, **spec: Unpack[PluginSpec]) -> PluginInfo:
     """Install a plugin like an operator: copy it into ``plugin_directory``, register it.
 
     The file (``filename``, default ``name``) gets mode 0755; its sha256 is registered at
     ``sys/plugins/catalog/<plugin_type>/<name>`` with ``command``, ``args``, ``env`` (``K=V``
-    list) and ``version`` when given.
+    list) and ``version`` when given (see :class:`PluginSpec`).
 
     Raises:
         BaoError: the catalog refused the entry. Note that 2.7.2 accepts a file that is not a
             plugin at all; that only fails when a mount is enabled.
     """
-    command = filename or name
-    path, digest = write_plugin_executable(server.plugin_dir, command, executable)
-    server.client().register_plugin(
+    return install_plugin_on([server], server, **spec)
+
+
+def install_plugin_on(
+    nodes: Sequence[OpenBaoServer], registrar: OpenBaoServer, **spec: Unpack[PluginSpec]
+) -> PluginInfo:
+    """Copy a plugin into every node's ``plugin_directory``, register it once through
+    ``registrar`` (the catalog is shared by a cluster's nodes), and record it on every node.
+
+    Returns ``registrar``'s :class:`PluginInfo`.
+
+    Raises:
+        BaoError: the catalog refused the entry.
+    """
+    name = spec["name"]
+    command = spec.get("filename") or name
+    plugin_type = spec.get("plugin_type", "secret")
+    version = spec.get("version")
+    paths: dict[int, Path] = {}
+    digest = ""
+    for node in nodes:
+        paths[id(node)], digest = write_plugin_executable(
+            node.plugin_dir, command, spec["executable"]
+        )
+    client = registrar.client()
+    client.register_plugin(
         name,
         sha256=digest,
         command=command,
         version=version,
-        args=args,
-        env=env,
+        args=spec.get("args", ()),
+        env=spec.get("env"),
         plugin_type=plugin_type,
     )
-    info = PluginInfo(
-        name=name,
-        sha256=digest,
-        path=path,
-        version=version or catalog_version(server.client(), name, digest, plugin_type),
-        command=command,
-        plugin_type=plugin_type,
-    )
-    server.record_plugin(info)
-    return info
+    stored = version or catalog_version(client, name, digest, plugin_type)
+    for node in nodes:
+        node.record_plugin(
+            PluginInfo(
+                name=name,
+                sha256=digest,
+                path=paths[id(node)],
+                version=stored,
+                command=command,
+                plugin_type=plugin_type,
+            )
+        )
+    return registrar.plugins[name]
 
 
 def catalog_version(
