@@ -20,8 +20,9 @@ from pathlib import Path
 from bench.floor import build_floor
 from bench.stack import DEFAULT_PLUGINS, BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
-from skyflow_devtools.openbao import plugin_pids
-from skyflow_vault_plugin.install import fake_host_environment, install, measure_startup
+from skyflow_devtools.processes import plugin_pids
+from skyflow_vault_plugin.install import install
+from skyflow_vault_plugin.startup import fake_host_environment, measure_startup
 
 SECONDS = 5
 ROUNDS = 3

@@ -47,11 +47,8 @@ from pathlib import Path
 
 from bench.soak_report import Result, render, write_docs
 from bench.soak_traffic import MIN_REMAINING, PLUGIN, Soak
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    install_plugin,
-    python_launcher,
-)
+from skyflow_devtools.catalog import install_plugin, python_launcher
+from skyflow_devtools.openbao import OpenBaoServer
 from skyflow_emulator.process import EmulatorProcess
 
 

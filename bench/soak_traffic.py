@@ -10,10 +10,8 @@ from typing import Any
 
 from bench.soak_model import CacheModel, Counters, Held, epoch_seconds, needs_call
 from skyflow_devtools.client import BaoClient, BaoConnectionError
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    plugin_pids,
-)
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import plugin_pids
 from skyflow_emulator.process import EmulatorProcess
 
 PLUGIN = "skyflow"

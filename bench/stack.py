@@ -9,12 +9,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    install_plugin,
-    plugin_pids,
-    python_launcher,
-)
+from skyflow_devtools.catalog import install_plugin, python_launcher
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import plugin_pids
 from skyflow_devtools.sdk_example import kv_example_launcher
 from skyflow_emulator.process import EmulatorProcess
 

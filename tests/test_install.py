@@ -27,18 +27,9 @@ import pytest
 import skyflow_vault_plugin
 import vault_plugin_sdk
 from skyflow_vault_plugin import launcher
-from skyflow_vault_plugin.install import (
-    InstallError,
-    StartupFailed,
-    _requirement_name,
-    collect_files,
-    fake_host_environment,
-    install,
-    measure_startup,
-    parse_env,
-    render_launcher,
-    runtime_distributions,
-)
+from skyflow_vault_plugin.install import InstallError, install, parse_env, render_launcher
+from skyflow_vault_plugin.pinning import _requirement_name, collect_files, runtime_distributions
+from skyflow_vault_plugin.startup import StartupFailed, fake_host_environment, measure_startup
 
 PACKAGE = Path(skyflow_vault_plugin.__file__).resolve().parent
 REAL_PYTHON = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
@@ -512,15 +503,21 @@ def _probe_launcher(tmp_path: Path, package_copy: Path) -> Path:
     return result.path
 
 
-def test_extension_modules_load_from_the_bytes_that_were_hashed(
-    tmp_path: Path, package_copy: Path
-) -> None:
+def _run_probe(tmp_path: Path, package_copy: Path) -> tuple[Path, str]:
+    """The probe launcher, and what it printed when it ran cleanly."""
     path = _probe_launcher(tmp_path, package_copy)
     ran = _run(path)
     assert ran.returncode == 0, ran.stderr
-    assert "mapped from path: False" in ran.stdout
-    assert "mapped from sealed copy: True" in ran.stdout
-    assert "works: 2" in ran.stdout
+    return path, ran.stdout
+
+
+def test_extension_modules_load_from_the_bytes_that_were_hashed(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    path, stdout = _run_probe(tmp_path, package_copy)
+    assert "mapped from path: False" in stdout
+    assert "mapped from sealed copy: True" in stdout
+    assert "works: 2" in stdout
 
     # Swapped after the start-up check, before the import: no effect, the bytes checked at
     # start are the bytes loaded (loading the swapped file by path would fail: it has no
@@ -556,12 +553,10 @@ def _bisect_module() -> ModuleType:
 def test_metadata_shows_only_pinned_distributions_and_files(
     tmp_path: Path, package_copy: Path
 ) -> None:
-    path = _probe_launcher(tmp_path, package_copy)
-    ran = _run(path)
-    assert ran.returncode == 0, ran.stderr
+    _, stdout = _run_probe(tmp_path, package_copy)
     # A plain interpreter would list evil and sneaky too (OpenTelemetry loads such entry
     # points by name from OTEL_* variables).
-    assert "entry points: ['good']" in ran.stdout
+    assert "entry points: ['good']" in stdout
 
 
 # -- the lock file ---------------------------------------------------------------------------------

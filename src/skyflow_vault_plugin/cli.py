@@ -167,7 +167,7 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .install import StartupFailed, fake_host_environment, measure_startup, summarize
+    from .startup import StartupFailed, fake_host_environment, measure_startup, summarize
 
     if args.runs < 1:
         print(f"{PROG} check: --runs must be at least 1", file=sys.stderr)

@@ -1,47 +1,23 @@
-"""Tests of the OpenBao harness: cheap checks of the pieces, then a real server (``e2e``)."""
+"""Tests of the OpenBao server harness: cheap checks, then a real server and cluster (``e2e``)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from skyflow_devtools.client import BaoClient, BaoError
+from skyflow_devtools.catalog import install_plugin, reload_plugin
+from skyflow_devtools.client import BaoError
 from skyflow_devtools.cluster import OpenBaoCluster, install_plugin_cluster
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    bao_binary,
-    controlled_environment,
-    free_port,
-    install_plugin,
-    plugin_pids,
-    poll_until,
-    python_launcher,
-    reload_plugin,
-    write_plugin_executable,
-)
+from skyflow_devtools.openbao import OpenBaoServer, bao_binary, controlled_environment
+from skyflow_devtools.processes import alive, plugin_pids, poll_until
 from skyflow_devtools.sdk_example import KV_EXAMPLE, kv_example_launcher
-
-
-def _pid_alive(pid: int) -> bool:
-    """True for a live process; a zombie (dead, not yet reaped by its parent) counts as dead."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
-
 
 # -- pieces, no server -------------------------------------------------------------------------
 
@@ -54,12 +30,6 @@ def test_bao_binary_is_the_real_go_binary() -> None:
     assert path.read_bytes()[:4] == b"\x7fELF"
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", port))
-
-
 def test_controlled_environment_keeps_basics_and_drops_strays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -70,69 +40,6 @@ def test_controlled_environment_keeps_basics_and_drops_strays(
     assert env["SSL_CERT_FILE"] == "/x/ca.pem"
     assert "BAO_TOKEN" not in env
     assert "HTTPS_PROXY" not in env
-
-
-def test_python_launcher_runs_the_entry_point_under_this_interpreter() -> None:
-    script = python_launcher("pkg.mod", "run")
-    assert (
-        script
-        == (f"#!{sys.executable}\nimport sys\nfrom pkg.mod import run\nsys.exit(run())\n").encode()
-    )
-    with pytest.raises(ValueError, match="module/function"):
-        python_launcher("pkg; import os")
-    with pytest.raises(ValueError, match="module/function"):
-        python_launcher("pkg", "a.b")
-
-
-def test_write_plugin_executable_sets_mode_and_sha(tmp_path: Path) -> None:
-    path, digest = write_plugin_executable(tmp_path / "plugins", "p", b"#!/bin/sh\n")
-    assert path == tmp_path / "plugins" / "p"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o755
-    assert digest == hashlib.sha256(b"#!/bin/sh\n").hexdigest()
-    # Replacing works and leaves no temporary files behind.
-    write_plugin_executable(tmp_path / "plugins", "p", b"#!/bin/sh\nexit 0\n")
-    assert [p.name for p in (tmp_path / "plugins").iterdir()] == ["p"]
-    with pytest.raises(ValueError, match="plain file name"):
-        write_plugin_executable(tmp_path, "../p", b"")
-
-
-def test_client_maps_statuses() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        assert request.headers["X-Vault-Token"] == "t"
-        if request.url.path == "/v1/missing" and request.method == "LIST":
-            return httpx.Response(404, json={"errors": []})
-        if request.url.path == "/v1/bad":
-            return httpx.Response(400, json={"errors": ["no such thing"]})
-        if request.method == "POST":
-            return httpx.Response(204)
-        return httpx.Response(200, json={"data": {"keys": ["a", "b/"]}})
-
-    with BaoClient("http://bao.test", "t", transport=httpx.MockTransport(handler)) as client:
-        assert client.list("missing") == []
-        assert client.list("/v1/present") == ["a", "b/"]
-        assert client.write("x", {"a": 1}) == {}
-        with pytest.raises(BaoError) as info:
-            client.read("bad")
-        assert info.value.status == 400
-        assert info.value.errors == ["no such thing"]
-        assert client.request("GET", "bad").status_code == 400
-
-
-def test_reap_plugins_kills_processes_started_from_the_plugin_dir(tmp_path: Path) -> None:
-    server = OpenBaoServer.dev(tmp_path)
-    # A stand-in for an orphaned plugin: a launcher script in this server's plugin directory.
-    path, _ = write_plugin_executable(
-        server.plugin_dir, "stray", f"#!{sys.executable}\nimport time\ntime.sleep(60)\n".encode()
-    )
-    proc = subprocess.Popen([str(path)], start_new_session=True)
-    try:
-        poll_until(lambda: plugin_pids(server, "stray") == [proc.pid], timeout=10)
-        assert server.reap_plugins(grace=0.1) == [proc.pid]
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-        assert plugin_pids(server) == []
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # -- a real server -----------------------------------------------------------------------------
@@ -191,7 +98,7 @@ def test_dev_server_kv_roundtrip_and_clean_stop(tmp_path: Path) -> None:
         assert bao.unseal_key
     assert not bao.running
     assert bao.pid is None
-    assert not _pid_alive(pid)
+    assert not alive(pid)
     assert plugin_pids(bao) == []
     assert "harness: starting" in bao.log_path.read_text()
 
@@ -311,7 +218,7 @@ def test_sdk_example_plugin_installs_mounts_and_serves(dev_server: OpenBaoServer
     # SIGKILL of the server orphans the plugin; kill() reaps it.
     plugin_pid = plugin_pids(dev_server, "example-kv")[0]
     dev_server.kill()
-    assert not _pid_alive(plugin_pid)
+    assert not alive(plugin_pid)
     assert plugin_pids(dev_server) == []
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from skyflow_devtools.catalog import PluginInfo, python_launcher
 from skyflow_devtools.client import BaoClient
-from skyflow_devtools.openbao import OpenBaoServer, PluginInfo, free_port, python_launcher
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.ports import free_port
 from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
 from skyflow_vault_plugin.install import install
 

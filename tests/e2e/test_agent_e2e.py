@@ -29,7 +29,8 @@ from typing import IO, TYPE_CHECKING
 import jwt
 import pytest
 
-from skyflow_devtools.openbao import bao_binary, controlled_environment, poll_until
+from skyflow_devtools.openbao import bao_binary, controlled_environment
+from skyflow_devtools.processes import poll_until
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack

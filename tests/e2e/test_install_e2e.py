@@ -21,7 +21,8 @@ import pytest
 
 import skyflow_vault_plugin
 from skyflow_devtools.client import BaoError
-from skyflow_devtools.openbao import OpenBaoServer, plugin_pids, poll_until
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import plugin_pids, poll_until
 from skyflow_emulator import EmulatorProcess
 from skyflow_vault_plugin.install import Installation, install
 

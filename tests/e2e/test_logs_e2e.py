@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from skyflow_devtools.catalog import install_plugin, python_launcher
 from skyflow_devtools.client import BaoError
-from skyflow_devtools.openbao import install_plugin, python_launcher
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack, UnitMount

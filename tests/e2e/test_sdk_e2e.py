@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from skyflow_devtools.catalog import install_plugin, reload_plugin
 from skyflow_devtools.client import BaoClient
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    install_plugin,
-    plugin_pids,
-    reload_plugin,
-)
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import plugin_pids
 from skyflow_devtools.sdk_example import kv_example_launcher
 
 pytestmark = pytest.mark.e2e

@@ -38,8 +38,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from skyflow_devtools.catalog import python_launcher, write_plugin_executable
 from skyflow_devtools.client import BaoClient
-from skyflow_devtools.openbao import python_launcher, write_plugin_executable
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack

@@ -29,8 +29,8 @@ import httpx
 import jwt
 import pytest
 
+from skyflow_devtools.catalog import PluginInfo, install_plugin, python_launcher
 from skyflow_devtools.client import BaoClient, error_text, fail_status
-from skyflow_devtools.openbao import PluginInfo, install_plugin, python_launcher
 from skyflow_emulator.process import EmulatorAdmin
 
 if TYPE_CHECKING:

@@ -17,13 +17,10 @@ from pathlib import Path
 import certifi
 import pytest
 
+from skyflow_devtools.catalog import install_plugin, python_launcher
 from skyflow_devtools.client import error_text
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    install_plugin,
-    poll_until,
-    python_launcher,
-)
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import poll_until
 from skyflow_emulator.process import EmulatorProcess
 from skyflow_emulator.tls import CertificateAuthority
 from skyflow_vault_plugin.install import install

@@ -21,15 +21,10 @@ from typing import Any
 
 import pytest
 
+from skyflow_devtools.catalog import PluginInfo, install_plugin, python_launcher
 from skyflow_devtools.client import BaoClient
-from skyflow_devtools.openbao import (
-    OpenBaoServer,
-    PluginInfo,
-    install_plugin,
-    plugin_pids,
-    poll_until,
-    python_launcher,
-)
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import plugin_pids, poll_until
 from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
 
 PLUGIN_NAME = "skyflow"

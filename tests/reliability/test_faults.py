@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from skyflow_devtools.openbao import poll_until
+from skyflow_devtools.processes import poll_until
 
 from .conftest import (
     FAST_DEADLINE,

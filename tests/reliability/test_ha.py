@@ -32,7 +32,8 @@ import pytest
 
 from skyflow_devtools.client import BaoClient
 from skyflow_devtools.cluster import OpenBaoCluster, install_plugin_cluster
-from skyflow_devtools.openbao import OpenBaoServer, poll_until
+from skyflow_devtools.openbao import OpenBaoServer
+from skyflow_devtools.processes import poll_until
 from skyflow_emulator.process import EmulatorProcess
 
 from .conftest import PLUGIN_LAUNCHER, PLUGIN_NAME, error_text

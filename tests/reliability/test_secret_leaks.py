@@ -30,7 +30,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from skyflow_devtools.openbao import reload_plugin
+from skyflow_devtools.catalog import reload_plugin
 
 from .conftest import PLUGIN_NAME, Secrets, Stack, error_text, start_stack
 

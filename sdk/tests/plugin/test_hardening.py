@@ -69,7 +69,7 @@ def test_the_mtls_key_is_never_written_to_tmpdir(
         raise AssertionError("the TLS key went through a temporary directory")
 
     monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temp_dir)
-    _key_pem, host_cert_pem, _ = tls._generate_certificate()
+    host_cert_pem = tls.self_signed_certificate(curve="P-521").cert_pem
     before = set(os.listdir("/proc/self/fd"))
     built = tls.build_tls(host_cert_pem.decode())
     assert built.cert_der

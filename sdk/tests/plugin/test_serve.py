@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.exceptions import StreamTerminatedError
@@ -37,6 +33,7 @@ from vault_plugin_sdk.plugin.pb import (
     version_grpc,
     version_pb2,
 )
+from vault_plugin_sdk.plugin.tls import self_signed_certificate
 
 KV_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kv.py"
 PLUGIN = [sys.executable, str(KV_EXAMPLE)]
@@ -52,37 +49,11 @@ class HostTLS:
 @pytest.fixture(scope="module")
 def host_tls(tmp_path_factory: pytest.TempPathFactory) -> HostTLS:
     """A host certificate like go-plugin's: ECDSA P-521, self-signed, for localhost."""
-    key = ec.generate_private_key(ec.SECP521R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA512())
-    )
+    host = self_signed_certificate(curve="P-521", valid_for=datetime.timedelta(hours=1))
     folder = tmp_path_factory.mktemp("host-tls")
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    cert_pem = host.cert_pem.decode()
     (folder / "cert.pem").write_text(cert_pem)
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (folder / "key.pem").write_bytes(host.key_pem)
     return HostTLS(cert_pem, folder / "cert.pem", folder / "key.pem")
 
 

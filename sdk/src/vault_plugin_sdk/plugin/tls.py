@@ -1,5 +1,8 @@
 """Automatic mTLS: a fresh self-signed certificate per process, trusting only the host's.
 
+:func:`self_signed_certificate` is public: tools and tests that play the host use it for the
+host's certificate (``curve="P-521"``).
+
 The host's certificate is ECDSA P-521, which OpenSSL (Python's ``ssl``) handles and
 BoringSSL (grpcio) does not. Our own certificate is P-256: the host accepts any key, and
 P-256 is cheaper to generate at start-up.
@@ -13,7 +16,8 @@ import os
 import ssl
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -25,14 +29,49 @@ class PluginTLS:
     client: ssl.SSLContext
 
 
-def _generate_certificate() -> tuple[bytes, bytes, bytes]:
-    """``(key_pem, cert_pem, cert_der)`` for a self-signed P-256 certificate for localhost."""
+@dataclass(frozen=True)
+class SelfSignedCertificate:
+    """A fresh self-signed ECDSA certificate for ``localhost`` and its private key.
+
+    Attributes:
+        cert_pem: the certificate, PEM.
+        cert_der: the certificate, DER.
+        key_pem: the private key, unencrypted PKCS#8 PEM (kept out of ``repr``: a key must
+            never reach a log).
+    """
+
+    cert_pem: bytes
+    cert_der: bytes
+    key_pem: bytes = field(repr=False)
+
+
+def self_signed_certificate(
+    *,
+    curve: Literal["P-256", "P-521"] = "P-256",
+    valid_for: datetime.timedelta = datetime.timedelta(days=3650),
+) -> SelfSignedCertificate:
+    """A self-signed certificate for ``localhost``, its own CA, for TLS server and client use.
+
+    The kind go-plugin's automatic mTLS uses on both sides: the plugin's own is P-256 (signed
+    with SHA-256, cheap to generate at start-up); a host's is P-521 (signed with SHA-512), so
+    tests and tools that play the host ask for ``curve="P-521"``.
+
+    Args:
+        curve: the ECDSA curve of the key.
+        valid_for: how long the certificate is valid from now (it is also backdated a few
+            minutes, for clocks that differ slightly).
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    if curve == "P-521":
+        key = ec.generate_private_key(ec.SECP521R1())
+        digest: hashes.SHA256 | hashes.SHA512 = hashes.SHA512()
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        digest = hashes.SHA256()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
@@ -42,7 +81,7 @@ def _generate_certificate() -> tuple[bytes, bytes, bytes]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=3650))
+        .not_valid_after(now + valid_for)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -65,23 +104,22 @@ def _generate_certificate() -> tuple[bytes, bytes, bytes]:
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(key, digest)
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return (
-        key_pem,
-        cert.public_bytes(serialization.Encoding.PEM),
-        cert.public_bytes(serialization.Encoding.DER),
+    return SelfSignedCertificate(
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        cert_der=cert.public_bytes(serialization.Encoding.DER),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
     )
 
 
 def build_tls(host_cert_pem: str) -> PluginTLS:
     """Contexts for serving the host and for dialling its broker, both mutually verified."""
-    key_pem, cert_pem, cert_der = _generate_certificate()
+    own = self_signed_certificate()
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.minimum_version = ssl.TLSVersion.TLSv1_2
     server.verify_mode = ssl.CERT_REQUIRED
@@ -93,8 +131,8 @@ def build_tls(host_cert_pem: str) -> PluginTLS:
     client.load_verify_locations(cadata=host_cert_pem)
     client.set_alpn_protocols(["h2"])
 
-    _load_chain((server, client), cert_pem + key_pem)
-    return PluginTLS(cert_der=cert_der, server=server, client=client)
+    _load_chain((server, client), own.cert_pem + own.key_pem)
+    return PluginTLS(cert_der=own.cert_der, server=server, client=client)
 
 
 def _load_chain(contexts: tuple[ssl.SSLContext, ...], chain_pem: bytes) -> None:
