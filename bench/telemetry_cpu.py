@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -96,8 +97,10 @@ async def _cpu_per_request(telemetry: Telemetry) -> float:
 
 def run() -> str:
     """Run the comparison; return its Markdown section."""
-    configure_logging("info")  # the audit line as the plugin writes it (stderr)
-    logging.getLogger().handlers[0].setStream(open("/dev/null", "w"))  # noqa: SIM115
+    configure_logging("info")  # the audit line as the plugin writes it (stderr) ...
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115  # ... into the void
     cost: dict[bool, list[float]] = {False: [], True: []}
     with _sink_process() as endpoint:
         for _ in range(ROUNDS):
@@ -105,7 +108,7 @@ def run() -> str:
                 telemetry = _telemetry(on, endpoint)
                 cost[on].append(asyncio.run(_cpu_per_request(telemetry)))
                 telemetry.shutdown()
-    off, on = statistics.median(cost[False]), statistics.median(cost[True])
+    off_us, on_us = statistics.median(cost[False]), statistics.median(cost[True])
     return "\n".join(
         [
             "## Telemetry's CPU per request, in one process",
@@ -116,8 +119,8 @@ def run() -> str:
             "",
             "| telemetry | CPU µs per request | telemetry's own µs |",
             "|---|---|---|",
-            f"| off (`ENV=dev`, the audit line only) | {off:.1f} | — |",
-            f"| on (traces + metrics, every request) | {on:.1f} | {on - off:.1f} |",
+            f"| off (`ENV=dev`, the audit line only) | {off_us:.1f} | — |",
+            f"| on (traces + metrics, every request) | {on_us:.1f} | {on_us - off_us:.1f} |",
             "",
         ]
     )
