@@ -1,6 +1,6 @@
 """Run every benchmark and write the results to docs/benchmarks.md.
 
-Usage: ``python -m bench [--only plugin_read,token_path,telemetry]`` (needs ``wrk``).
+Usage: ``python -m bench [--only plugin_read,token_path,telemetry,telemetry_cpu]`` (needs ``wrk``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from skyflow_devtools.openbao import bao_binary
 from skyflow_vault_plugin import __version__
 
-SECTIONS = ("plugin_read", "token_path", "telemetry")
+SECTIONS = ("plugin_read", "token_path", "telemetry", "telemetry_cpu")
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 # Everything from this line to the end of benchmarks.md is written by hand (the history of
 # measured changes) and kept when the benchmark rewrites the rest.

@@ -33,7 +33,17 @@ LAYERS = {
     "the token exchange": [f"{ENGINE}.{m}" for m in ("ctx", "assertion", "responses", "client")],
     "telemetry": [
         f"{ENGINE}.telemetry.{m}"
-        for m in ("settings", "names", "labels", "classify", "scope", "disabled", "otel", "factory")
+        for m in (
+            "settings",
+            "names",
+            "labels",
+            "classify",
+            "scope",
+            "disabled",
+            "otlp_spans",
+            "otel",
+            "factory",
+        )
     ],
 }
 

@@ -1,0 +1,157 @@
+"""The fast span encoder writes what the OTLP library writes, and the exporter sends it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
+    FastOTLPSpanExporter,
+    Unsupported,
+    encode_spans_request,
+)
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _record(build: object) -> list[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "skyflow-vault-plugin", "n": 3}),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    build(provider)  # type: ignore[operator]
+    return list(memory.get_finished_spans())
+
+
+def _many_shapes(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("skyflow_vault_plugin", "1.2.3")
+    other = provider.get_tracer("other-scope")
+    attributes: dict[str, Any] = {
+        "skyflow.mount": "skyflow/insurance",
+        "skyflow.role": "prodücer",  # not ASCII
+        "skyflow.upstream.attempts": 2,
+        "negative": -5,
+        "big": 2**62,
+        "ok": True,
+        "no": False,
+        "ratio": 0.25,
+        "skyflow.ctx.keys": ("region", "user_id"),
+        "ints": (1, 2, 3),
+        "long": "x" * 1000,
+    }
+    with tracer.start_as_current_span("Token.Generate", kind=SpanKind.SERVER) as parent:
+        parent.set_attributes(attributes)
+        with tracer.start_as_current_span("SDK.Auth", kind=SpanKind.CLIENT) as child:
+            child.set_status(Status(StatusCode.ERROR, "rate_limited"))
+    remote = TraceContextTextMapPropagator().extract(
+        {"traceparent": TRACEPARENT, "tracestate": "vendor=a,other=b"}
+    )
+    span = tracer.start_span("Config.Write", context=remote, kind=SpanKind.SERVER)
+    span.set_status(Status(StatusCode.OK))
+    span.end()
+    for kind in SpanKind:
+        other.start_span(f"kind-{kind.name}", kind=kind).end()
+    tracer.start_span("Role.Read", attributes={"skyflow.mount": "skyflow/insurance"}).end()
+
+
+def test_bytes_parse_to_the_library_encoding() -> None:
+    spans = _record(_many_shapes)
+    assert len(spans) == 9
+    ours = ExportTraceServiceRequest.FromString(encode_spans_request(spans))
+    assert ours == encode_spans(spans)
+    # and the same bytes, field for field
+    assert encode_spans_request(spans) == encode_spans(spans).SerializeToString()
+
+
+def test_a_second_batch_from_the_memo_is_still_exact() -> None:
+    spans = _record(_many_shapes)
+    encode_spans_request(spans)
+    assert encode_spans_request(spans) == encode_spans(spans).SerializeToString()
+
+
+def test_an_empty_batch() -> None:
+    assert encode_spans_request([]) == encode_spans([]).SerializeToString()
+
+
+def _with_event(provider: TracerProvider) -> None:
+    span = provider.get_tracer("t").start_span("failing")
+    span.record_exception(ValueError("boom"))
+    span.end()
+
+
+def test_events_are_left_to_the_library() -> None:
+    with pytest.raises(Unsupported):
+        encode_spans_request(_record(_with_event))
+
+
+def test_a_value_otlp_cannot_carry_is_left_to_the_library() -> None:
+    spans = _record(lambda p: p.get_tracer("t").start_span("x").end())
+    spans[0]._attributes = {"odd": object()}  # type: ignore[dict-item]  # what a buggy instrumentation could set
+    with pytest.raises(Unsupported):
+        encode_spans_request(spans)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[bytes]]]:
+    bodies: list[bytes] = []
+    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("build", [_many_shapes, _with_event], ids=["fast", "library"])
+def test_the_exporter_posts_what_the_library_would(
+    receiver: tuple[str, list[bytes]], build: object
+) -> None:
+    endpoint, bodies = receiver
+    spans = _record(build)
+    exporter = FastOTLPSpanExporter(endpoint=endpoint, timeout=5)
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+    assert [ExportTraceServiceRequest.FromString(body) for body in bodies] == [encode_spans(spans)]
+
+
+def test_the_request_size_limit_still_applies(receiver: tuple[str, list[bytes]]) -> None:
+    endpoint, bodies = receiver
+    exporter = FastOTLPSpanExporter(endpoint=endpoint, timeout=5, max_request_size=64)
+    try:
+        assert exporter.export(_record(_many_shapes)) is SpanExportResult.FAILURE
+    finally:
+        exporter.shutdown()  # type: ignore[no-untyped-call]
+    assert bodies == []
