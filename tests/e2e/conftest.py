@@ -28,10 +28,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SkyflowStack]:
 
 @pytest.fixture
 def fresh_emulator(stack: SkyflowStack) -> Iterator[EmulatorAdmin]:
-    """The emulator with its faults cleared before and after the test."""
+    """The emulator with faults and counters cleared before and after the test, and its
+    token lifetime back to one hour after it."""
     stack.admin.reset()
     yield stack.admin
     stack.admin.reset()
+    stack.admin.set_token_lifetime(3600)
 
 
 UnitMount = Callable[..., str]
