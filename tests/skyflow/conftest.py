@@ -9,7 +9,7 @@ A module sets ``POLICY`` and ``MOUNT_POINT`` to change what the ``client`` fixtu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -33,32 +33,6 @@ POLICY = ExchangePolicy(
 )
 MOUNT_POINT = "skyflow/insurance/"
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
-
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("tests-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("tests-b")
-
-
-@pytest.fixture
-def fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    """No faults, zero counters and one-hour tokens, before and after the test."""
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-    emulator.state.token_lifetime = 3600
 
 
 @pytest.fixture(params=["direct", "grpc"])

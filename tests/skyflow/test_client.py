@@ -6,7 +6,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -40,27 +40,11 @@ FAST = ExchangePolicy(deadline=5.0, backoff_base=0.01, backoff_max=0.05)
 
 
 @pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account(client_name="client-tests")
-
-
-@pytest.fixture(scope="module")
 def account(creds: dict[str, str]) -> ServiceAccount:
     return parse_credentials(creds)
 
 
-@pytest.fixture(autouse=True)
-def _clean(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
+pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
 
 
 @pytest.fixture

@@ -465,22 +465,7 @@ def recorded(**overrides: Any) -> Recorded:
     return Recorded(telemetry, exporter, reader)
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("telemetry-tests")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    yield
-    emulator.state.reset_faults()
+pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
 
 
 @pytest.fixture

@@ -98,21 +98,6 @@ class Mount:
     storage: GatedStorage
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("visibility-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("visibility-b")
-
-
 @contextlib.asynccontextmanager
 async def open_mount(
     emulator: InProcessEmulator,
