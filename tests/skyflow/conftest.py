@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
@@ -63,6 +65,16 @@ async def open_client(
     )
     async with open_driver(kind, make_factory(settings), system_view=system_view) as driver:
         yield PluginTestClient(driver, mount_point=mount_point)
+
+
+def token_claims(emulator: InProcessEmulator, token: object) -> dict[str, Any]:
+    """The claims of an access token that ``emulator`` issued, verified (RS256, its URL as
+    the audience)."""
+    assert isinstance(token, str)
+    claims: dict[str, Any] = jwt.decode(
+        token, emulator.state.public_key_pem(), algorithms=["RS256"], audience=emulator.base_url
+    )
+    return claims
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
@@ -30,6 +29,7 @@ from skyflow_vault_plugin.skyflow.client import ExchangePolicy, IssuedToken
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
+from tests.skyflow.conftest import token_claims
 from vault_plugin_sdk.framework import BackendConfig, Entity, StaticSystemView
 from vault_plugin_sdk.framework.storage import StorageEntry
 from vault_plugin_sdk.testing import DirectDriver, InMemoryStorage, PluginTestClient
@@ -124,25 +124,11 @@ async def open_mount(
 
 
 def subject(emulator: InProcessEmulator, token: object) -> str:
-    assert isinstance(token, str)
-    claims = jwt.decode(
-        token,
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return str(claims["sub"])
+    return str(token_claims(emulator, token)["sub"])
 
 
 def scope(emulator: InProcessEmulator, token: object) -> list[str]:
-    assert isinstance(token, str)
-    claims = jwt.decode(
-        token,
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return list(claims["scope"])
+    return list(token_claims(emulator, token)["scope"])
 
 
 async def stored_role(storage: InMemoryStorage, name: str, role_ids: list[str]) -> None:
