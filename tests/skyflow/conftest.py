@@ -22,8 +22,8 @@ from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
-from vault_plugin_sdk.framework import StaticSystemView
-from vault_plugin_sdk.testing import PluginTestClient, open_driver
+from vault_plugin_sdk.framework import StaticSystemView, StorageEntry
+from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,
@@ -75,6 +75,26 @@ def token_claims(emulator: InProcessEmulator, token: object) -> dict[str, Any]:
         token, emulator.state.public_key_pem(), algorithms=["RS256"], audience=emulator.base_url
     )
     return claims
+
+
+async def invalidate(client: PluginTestClient, key: str) -> None:
+    """Deliver the host's InvalidateKey (over gRPC, or straight to the backend)."""
+    driver = client.driver
+    if isinstance(driver, GrpcDriver):
+        await driver.invalidate(key)
+    else:
+        await driver.backend.invalidate(key)
+
+
+async def rewrite_stored_config(client: PluginTestClient, **changes: Any) -> None:
+    """Change the stored config behind the mount's back (as another node's write would) and
+    deliver the InvalidateKey that makes the mount reload it."""
+    entry = await client.storage.get("config")
+    assert entry is not None
+    await client.storage.put(
+        StorageEntry.from_json("config", {**entry.json(), **changes}, seal_wrap=True)
+    )
+    await invalidate(client, "config")
 
 
 @pytest.fixture

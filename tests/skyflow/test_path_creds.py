@@ -23,9 +23,9 @@ from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
-from tests.skyflow.conftest import POLICY, open_client, token_claims
+from tests.skyflow.conftest import POLICY, invalidate, open_client, token_claims
 from vault_plugin_sdk.framework import Entity, StaticSystemView
-from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient
+from vault_plugin_sdk.testing import Outcome, PluginTestClient
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
@@ -74,15 +74,6 @@ def claims(emulator: InProcessEmulator, outcome: Outcome) -> dict[str, Any]:
 
 def calls(emulator: InProcessEmulator) -> int:
     return emulator.state.token_calls
-
-
-async def invalidate(client: PluginTestClient, key: str) -> None:
-    """Deliver the host's InvalidateKey (over gRPC, or straight to the backend)."""
-    driver = client.driver
-    if isinstance(driver, GrpcDriver):
-        await driver.invalidate(key)
-    else:
-        await driver.backend.invalidate(key)
 
 
 async def wait_for_calls(emulator: InProcessEmulator, count: int) -> None:
