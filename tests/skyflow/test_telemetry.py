@@ -475,12 +475,6 @@ def rec() -> Iterator[Recorded]:
     recording.telemetry.shutdown()
 
 
-@pytest.fixture(params=["direct", "grpc"])
-def kind(request: pytest.FixtureRequest) -> str:
-    value: str = request.param
-    return value
-
-
 @contextlib.asynccontextmanager
 async def engine(
     kind: str, emulator: InProcessEmulator, telemetry: Telemetry, *, mount: str = MOUNT
