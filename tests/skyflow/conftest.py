@@ -9,7 +9,7 @@ A module sets ``POLICY`` and ``MOUNT_POINT`` to change what the ``client`` fixtu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,18 @@ def token_claims(emulator: InProcessEmulator, token: object) -> dict[str, Any]:
         token, emulator.state.public_key_pem(), algorithms=["RS256"], audience=emulator.base_url
     )
     return claims
+
+
+def snake_case(creds: Mapping[str, Any]) -> dict[str, Any]:
+    """Service-account credentials with the snake_case keys the engine also accepts."""
+    names = {
+        "clientID": "client_id",
+        "clientName": "client_name",
+        "keyID": "key_id",
+        "tokenURI": "token_uri",
+        "privateKey": "private_key",
+    }
+    return {names[k]: v for k, v in creds.items()}
 
 
 async def invalidate(client: PluginTestClient, key: str) -> None:
