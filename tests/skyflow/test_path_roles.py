@@ -342,10 +342,10 @@ CTX_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS],
-)
+CTX_REFUSAL_PARAMS = [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS]
+
+
+@pytest.mark.parametrize(("data", "field"), CTX_REFUSAL_PARAMS)
 async def test_ctx_rules_refused_on_create(
     client: PluginTestClient, data: dict[str, Any], field: str
 ) -> None:
@@ -353,10 +353,7 @@ async def test_ctx_rules_refused_on_create(
     assert await client.storage.get("roles/a") is None
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS],
-)
+@pytest.mark.parametrize(("data", "field"), CTX_REFUSAL_PARAMS)
 async def test_ctx_rules_refused_on_update(
     client: PluginTestClient, data: dict[str, Any], field: str
 ) -> None:
