@@ -7,7 +7,9 @@ the emulator are started once per module (they cost seconds each).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +45,11 @@ UnitMount = Callable[..., str]
 def unit_mount(stack: SkyflowStack) -> UnitMount:
     """Factory for fresh, configured mounts (see :meth:`SkyflowStack.mount`)."""
     return stack.mount
+
+
+@pytest.fixture
+def account_file(stack: SkyflowStack, tmp_path: Path) -> Path:
+    """``sa.json``: a fresh service account's credentials file, for ``credentials_json=@``."""
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps(stack.new_account()))
+    return path

@@ -9,7 +9,6 @@ The health path's 503 (an unhealthy mount) is covered by the health tests.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,13 +55,6 @@ def refused_writes(path: str, writes: list[tuple[list[str], str]]) -> list[Case]
 @pytest.fixture
 def mount(stack: SkyflowStack) -> str:
     return stack.mount("skyflow/cli")
-
-
-@pytest.fixture
-def account_file(stack: SkyflowStack, tmp_path: Path) -> Path:
-    path = tmp_path / "sa.json"
-    path.write_text(json.dumps(stack.new_account()))
-    return path
 
 
 def test_config_errors(stack: SkyflowStack, account_file: Path) -> None:

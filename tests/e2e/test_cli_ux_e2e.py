@@ -111,7 +111,7 @@ def test_curl_style_json_body_ctx(stack: SkyflowStack, unit_mount: UnitMount) ->
 
 
 def test_misspelt_fields_get_did_you_mean(
-    stack: SkyflowStack, unit_mount: UnitMount, tmp_path: Path
+    stack: SkyflowStack, unit_mount: UnitMount, account_file: Path
 ) -> None:
     path = unit_mount()
     role = bao(stack, "write", f"{path}/roles/r", "role_id=ins-reader")
@@ -119,9 +119,7 @@ def test_misspelt_fields_get_did_you_mean(
     assert "invalid value for field 'role_id': unknown field for this path; " in role.stderr
     assert "did you mean 'role_ids'?" in role.stderr
 
-    account = tmp_path / "sa.json"
-    account.write_text(json.dumps(stack.new_account()))
-    config = bao(stack, "write", f"{path}/config", f"credential_json=@{account}")
+    config = bao(stack, "write", f"{path}/config", f"credential_json=@{account_file}")
     assert config.returncode == 2
     assert "did you mean 'credentials_json'?" in config.stderr
     assert "PRIVATE KEY" not in config.stderr + config.stdout
@@ -147,14 +145,12 @@ def test_credentials_json_file_name_without_at_gets_the_hint(
 
 
 def test_rejected_credentials_say_so_once(
-    stack: SkyflowStack, unit_mount: UnitMount, tmp_path: Path
+    stack: SkyflowStack, unit_mount: UnitMount, account_file: Path
 ) -> None:
     path = unit_mount()
-    account = tmp_path / "sa.json"
-    account.write_text(json.dumps(stack.new_account()))
     stack.admin.set_faults(reject=True)
     try:
-        refused = bao(stack, "write", f"{path}/config", f"credentials_json=@{account}")
+        refused = bao(stack, "write", f"{path}/config", f"credentials_json=@{account_file}")
     finally:
         stack.admin.reset()
     assert refused.returncode == 2
