@@ -222,13 +222,18 @@ def test_relative_and_dynamic_imports_resolve_like_python(tmp_path: Path) -> Non
     }
 
 
-def test_the_sdk_never_imports_the_engine_or_the_dev_tools() -> None:
-    offenders = [
+def offenders(package: str, *, only: str | None = None, never: tuple[str, ...] = ()) -> list[str]:
+    """The imports out of ``package`` that leave ``only`` or reach a package in ``never``."""
+    return [
         f"{e.source} -> {e.target}"
         for e in graph()
-        if e.source.startswith("vault_plugin_sdk") and not e.target.startswith("vault_plugin_sdk")
+        if e.source.startswith(package)
+        and ((only is not None and not e.target.startswith(only)) or e.target.startswith(never))
     ]
-    assert offenders == []
+
+
+def test_the_sdk_never_imports_the_engine_or_the_dev_tools() -> None:
+    assert offenders("vault_plugin_sdk", only="vault_plugin_sdk") == []
 
 
 def test_the_sdks_tests_and_examples_use_the_sdk_only() -> None:
@@ -248,22 +253,12 @@ def test_the_sdks_tests_and_examples_use_the_sdk_only() -> None:
 
 
 def test_the_plugin_never_imports_the_emulator_or_the_dev_tools() -> None:
-    offenders = [
-        f"{e.source} -> {e.target}"
-        for e in graph()
-        if e.source.startswith("skyflow_vault_plugin")
-        and e.target.startswith(("skyflow_emulator", "skyflow_devtools"))
-    ]
-    assert offenders == []
+    never = ("skyflow_emulator", "skyflow_devtools")
+    assert offenders("skyflow_vault_plugin", never=never) == []
 
 
 def test_the_emulator_stands_alone() -> None:
-    offenders = [
-        f"{e.source} -> {e.target}"
-        for e in graph()
-        if e.source.startswith("skyflow_emulator") and not e.target.startswith("skyflow_emulator")
-    ]
-    assert offenders == []
+    assert offenders("skyflow_emulator", only="skyflow_emulator") == []
 
 
 def test_no_import_cycles() -> None:

@@ -301,17 +301,20 @@ async def test_paths_operations_and_fields_match_path_help(
         assert documented_fields == help_text.fields, display
 
 
+# The Type column's names for response values; bool before int (a bool is an int).
+_DOC_TYPES: list[tuple[type, str]] = [
+    (bool, "bool"),
+    (int, "int"),
+    (str, "string"),
+    (list, "list"),
+    (dict, "map"),
+]
+
+
 def _doc_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, dict):
-        return "map"
+    for kind, name in _DOC_TYPES:
+        if isinstance(value, kind):
+            return name
     raise AssertionError(f"unexpected response value type {type(value).__name__}")
 
 

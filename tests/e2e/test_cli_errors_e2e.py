@@ -9,7 +9,6 @@ The health path's 503 (an unhealthy mount) is covered by the health tests.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,16 +46,15 @@ def run_cases(stack: SkyflowStack, cases: list[Case]) -> None:
     assert not problems, "\n".join(problems)
 
 
+def refused_writes(path: str, writes: list[tuple[list[str], str]]) -> list[Case]:
+    """``bao write <path> <fields>`` answered 400 with a message that says ``why``, for each
+    ``(fields, why)`` of ``writes``."""
+    return [Case(("write", path, *fields), ("Code: 400", why)) for fields, why in writes]
+
+
 @pytest.fixture
 def mount(stack: SkyflowStack) -> str:
     return stack.mount("skyflow/cli")
-
-
-@pytest.fixture
-def account_file(stack: SkyflowStack, tmp_path: Path) -> Path:
-    path = tmp_path / "sa.json"
-    path.write_text(json.dumps(stack.new_account()))
-    return path
 
 
 def test_config_errors(stack: SkyflowStack, account_file: Path) -> None:
@@ -67,38 +65,29 @@ def test_config_errors(stack: SkyflowStack, account_file: Path) -> None:
         [
             # An object read of nothing: the CLI's own words say it.
             Case(("read", f"{path}/config"), (f"No value found at {path}/config",)),
-            Case(
-                ("write", f"{path}/config", "description=x"),
-                ("Code: 400", "one of credentials_json or credentials_file_path is required"),
-            ),
-            Case(
-                ("write", f"{path}/config", "credential_json=x"),
-                ("Code: 400", "'credential_json': unknown field for this path"),
-            ),
-            Case(
-                ("write", f"{path}/config", "credentials_json=not-json"),
-                ("Code: 400", "'credentials_json': is not valid JSON"),
-            ),
-            Case(
-                (
-                    "write",
-                    f"{path}/config",
-                    f"credentials_json=@{account_file}",
-                    f"credentials_file_path={account_file}",
-                ),
-                ("Code: 400", "not both"),
-            ),
-            Case(
-                ("write", f"{path}/config", "credentials_file_path=sa.json"),
-                ("Code: 400", "'credentials_file_path': must be an absolute path"),
-            ),
-            Case(
-                ("write", f"{path}/config", "credentials_file_path=/nonexistent/sa.json"),
-                ("Code: 400", "(this mount's directory)"),
-            ),
-            Case(
-                ("write", f"{path}/config", "validate_credentials=maybe", "description=x"),
-                ("Code: 400", "'validate_credentials'"),
+            *refused_writes(
+                f"{path}/config",
+                [
+                    (
+                        ["description=x"],
+                        "one of credentials_json or credentials_file_path is required",
+                    ),
+                    (["credential_json=x"], "'credential_json': unknown field for this path"),
+                    (["credentials_json=not-json"], "'credentials_json': is not valid JSON"),
+                    (
+                        [
+                            f"credentials_json=@{account_file}",
+                            f"credentials_file_path={account_file}",
+                        ],
+                        "not both",
+                    ),
+                    (
+                        ["credentials_file_path=sa.json"],
+                        "'credentials_file_path': must be an absolute path",
+                    ),
+                    (["credentials_file_path=/nonexistent/sa.json"], "(this mount's directory)"),
+                    (["validate_credentials=maybe", "description=x"], "'validate_credentials'"),
+                ],
             ),
             Case(("list", f"{path}/config"), (f"No value found at {path}/config",)),
             # Deleting what is not there succeeds, as everywhere in Vault.
@@ -142,25 +131,18 @@ def test_role_errors(stack: SkyflowStack, mount: str) -> None:
             # An empty mount: Vault answers an empty list with 404.
             Case(("list", f"{mount}/roles"), (f"No value found at {mount}/roles",)),
             Case(("read", f"{mount}/roles/nope"), (f"No value found at {mount}/roles/nope",)),
-            Case(
-                ("write", f"{mount}/roles/r", "description=x"),
-                ("Code: 400", "'role_ids': is required"),
-            ),
-            Case(
-                ("write", f"{mount}/roles/r", "role_ids=bad id"),
-                ("Code: 400", "'role_ids': role ID 'bad id'"),
-            ),
-            Case(
-                ("write", f"{mount}/roles/r", "role_ids=r1", "min_remaining_ttl=2h"),
-                ("Code: 400", "'min_remaining_ttl': must be less than"),
-            ),
-            Case(
-                ("write", f"{mount}/roles/r", "role_ids=r1", "ctx_mode=bogus"),
-                ("Code: 400", "'ctx_mode': must be one of"),
-            ),
-            Case(
-                ("write", f"{mount}/roles/r", "role_ids=r1", "roleids=r2"),
-                ("Code: 400", "'roleids': unknown field for this path"),
+            *refused_writes(
+                f"{mount}/roles/r",
+                [
+                    (["description=x"], "'role_ids': is required"),
+                    (["role_ids=bad id"], "'role_ids': role ID 'bad id'"),
+                    (
+                        ["role_ids=r1", "min_remaining_ttl=2h"],
+                        "'min_remaining_ttl': must be less than",
+                    ),
+                    (["role_ids=r1", "ctx_mode=bogus"], "'ctx_mode': must be one of"),
+                    (["role_ids=r1", "roleids=r2"], "'roleids': unknown field for this path"),
+                ],
             ),
             Case(("delete", f"{mount}/roles"), ("Code: 405", "unsupported operation")),
             Case(("delete", f"{mount}/roles/nope"), ("Success! Data deleted",), exit_code=0),

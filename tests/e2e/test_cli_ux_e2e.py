@@ -29,6 +29,15 @@ def bao(stack: SkyflowStack, *args: str) -> subprocess.CompletedProcess[str]:
     return stack.bao.cli(*args)
 
 
+def bao_in(cwd: Path, stack: SkyflowStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """``bao`` run from ``cwd`` (for relative file names), against the stack's server."""
+    env = controlled_environment()
+    env.update(stack.bao.env)
+    return subprocess.run(
+        [str(bao_binary()), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def minted_claims(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The claims of the token a ``bao ... -format=json`` creds command printed."""
     assert result.returncode == 0, result.stderr
@@ -102,7 +111,7 @@ def test_curl_style_json_body_ctx(stack: SkyflowStack, unit_mount: UnitMount) ->
 
 
 def test_misspelt_fields_get_did_you_mean(
-    stack: SkyflowStack, unit_mount: UnitMount, tmp_path: Path
+    stack: SkyflowStack, unit_mount: UnitMount, account_file: Path
 ) -> None:
     path = unit_mount()
     role = bao(stack, "write", f"{path}/roles/r", "role_id=ins-reader")
@@ -110,9 +119,7 @@ def test_misspelt_fields_get_did_you_mean(
     assert "invalid value for field 'role_id': unknown field for this path; " in role.stderr
     assert "did you mean 'role_ids'?" in role.stderr
 
-    account = tmp_path / "sa.json"
-    account.write_text(json.dumps(stack.new_account()))
-    config = bao(stack, "write", f"{path}/config", f"credential_json=@{account}")
+    config = bao(stack, "write", f"{path}/config", f"credential_json=@{account_file}")
     assert config.returncode == 2
     assert "did you mean 'credentials_json'?" in config.stderr
     assert "PRIVATE KEY" not in config.stderr + config.stdout
@@ -124,38 +131,26 @@ def test_credentials_json_file_name_without_at_gets_the_hint(
     path = unit_mount()
     account = tmp_path / "insurance-sa.json"
     account.write_text(json.dumps(stack.new_account()))
-    refused = subprocess.run(
-        [*_cli_argv(stack), "write", f"{path}/config", "credentials_json=insurance-sa.json"],
-        cwd=tmp_path,
-        env=_cli_env(stack),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    refused = bao_in(
+        tmp_path, stack, "write", f"{path}/config", "credentials_json=insurance-sa.json"
     )
     assert refused.returncode == 2
     assert "'insurance-sa.json' looks like a file name" in refused.stderr
     assert "credentials_json=@insurance-sa.json" in refused.stderr
     # The hinted command works from the same directory.
-    fixed = subprocess.run(
-        [*_cli_argv(stack), "write", f"{path}/config", "credentials_json=@insurance-sa.json"],
-        cwd=tmp_path,
-        env=_cli_env(stack),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    fixed = bao_in(
+        tmp_path, stack, "write", f"{path}/config", "credentials_json=@insurance-sa.json"
     )
     assert fixed.returncode == 0, fixed.stderr
 
 
 def test_rejected_credentials_say_so_once(
-    stack: SkyflowStack, unit_mount: UnitMount, tmp_path: Path
+    stack: SkyflowStack, unit_mount: UnitMount, account_file: Path
 ) -> None:
     path = unit_mount()
-    account = tmp_path / "sa.json"
-    account.write_text(json.dumps(stack.new_account()))
     stack.admin.set_faults(reject=True)
     try:
-        refused = bao(stack, "write", f"{path}/config", f"credentials_json=@{account}")
+        refused = bao(stack, "write", f"{path}/config", f"credentials_json=@{account_file}")
     finally:
         stack.admin.reset()
     assert refused.returncode == 2
@@ -176,16 +171,6 @@ def test_switching_client_warns_in_the_cli(
     shown = " ".join(switched.stderr.split())
     assert "WARNING" in shown
     assert f"to {other['clientID']}: this mount now mints tokens for a different" in shown
-
-
-def _cli_argv(stack: SkyflowStack) -> list[str]:
-    return [str(bao_binary())]
-
-
-def _cli_env(stack: SkyflowStack) -> dict[str, str]:
-    env = controlled_environment()
-    env.update(stack.bao.env)
-    return env
 
 
 # -- health for people and for load balancers -------------------------------------------------

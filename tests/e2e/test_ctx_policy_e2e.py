@@ -12,18 +12,16 @@ Access tokens are only compared through their SHA-256 and never appear in an ass
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 import pytest
 
-from skyflow_devtools.client import BaoClient, error_text, fail_status
+from skyflow_devtools.client import BaoClient, error_text
 from skyflow_emulator.process import EmulatorAdmin
+from tests.issued import calls, issued, read_creds
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack
@@ -66,41 +64,12 @@ class Identities:
     bob: User
 
 
-@dataclass(frozen=True)
-class Issued:
-    """A ``creds`` answer with the token replaced by its hash and its verified claims."""
-
-    token_sha256: str
-    claims: dict[str, Any]
-
-
-def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
-    """Check a 200 ``creds`` answer and return it without the raw token."""
-    if response.status_code != 200:
-        fail_status(response, 200)
-    token = response.json()["data"]["access_token"]
-    claims: dict[str, Any] = jwt.decode(
-        token, public_key, algorithms=["RS256"], audience=stack.emulator.url.rstrip("/")
-    )
-    return Issued(hashlib.sha256(token.encode()).hexdigest(), claims)
-
-
 def creds(
     stack: SkyflowStack, user: User | None, mount: str, role: str, ctx: Any = None
 ) -> httpx.Response:
     """Read ``creds/<role>`` as ``user`` (root when None): GET for a string or no ctx,
     POST for a map."""
-    client = stack.client(user.token if user is not None else None)
-    if isinstance(ctx, dict):
-        return client.request("POST", f"{mount}/creds/{role}", json={"ctx": ctx})
-    params = {"ctx": ctx} if ctx is not None else None
-    return client.request("GET", f"{mount}/creds/{role}", params=params)
-
-
-def calls(admin: EmulatorAdmin, client_id: str) -> int:
-    """Token calls the emulator saw from one service account."""
-    by_client: dict[str, dict[str, int]] = admin.stats()["by_client"]
-    return by_client.get(client_id, {}).get("calls", 0)
+    return read_creds(stack.client(user.token if user is not None else None), mount, role, ctx)
 
 
 def _login(
@@ -153,15 +122,6 @@ def identities(stack: SkyflowStack) -> Identities:
     for group, entity_ids in members.items():
         client.write("identity/group", {"name": group, "member_entity_ids": entity_ids})
     return Identities(accessor, alice, bob)
-
-
-@pytest.fixture
-def emulator(stack: SkyflowStack) -> Iterator[EmulatorAdmin]:
-    stack.admin.reset()
-    try:
-        yield stack.admin
-    finally:
-        stack.admin.reset()
 
 
 @dataclass(frozen=True)
@@ -386,24 +346,24 @@ def test_cached_tokens_are_never_shared_across_identities(
     public_key: str,
     identities: Identities,
     mount: Mount,
-    emulator: EmulatorAdmin,
+    fresh_emulator: EmulatorAdmin,
 ) -> None:
     write_role(stack, mount, "per-user", ctx_template=TEMPLATE, ctx_mode="none")
     alice, bob = identities.alice, identities.bob
-    before = calls(emulator, mount.client_id)
+    before = calls(fresh_emulator, mount.client_id)
     first_a = issued(stack, public_key, creds(stack, alice, mount.path, "per-user"))
     first_b = issued(stack, public_key, creds(stack, bob, mount.path, "per-user"))
     assert first_a.token_sha256 != first_b.token_sha256
     assert first_a.claims["ctx"]["user_id"] == alice.metadata["user_id"]
     assert first_b.claims["ctx"]["user_id"] == bob.metadata["user_id"]
-    assert calls(emulator, mount.client_id) - before == 2
+    assert calls(fresh_emulator, mount.client_id) - before == 2
     # Each identity's next reads are served from the cache, still with their own ctx.
     again_a = issued(stack, public_key, creds(stack, alice, mount.path, "per-user"))
     again_b = issued(stack, public_key, creds(stack, bob, mount.path, "per-user"))
     assert again_a.token_sha256 == first_a.token_sha256
     assert again_b.token_sha256 == first_b.token_sha256
     assert again_a.claims["ctx"]["user_id"] == alice.metadata["user_id"]
-    assert calls(emulator, mount.client_id) - before == 2
+    assert calls(fresh_emulator, mount.client_id) - before == 2
 
 
 def test_a_caller_ctx_does_not_collide_with_a_templated_one(

@@ -15,20 +15,18 @@ keys are checked for by booleans and counts, never by an assertion that could ec
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 import pytest
 
-from skyflow_devtools.client import BaoClient, error_text, fail_status
+from skyflow_devtools.client import BaoClient, error_text
 from skyflow_emulator.process import EmulatorAdmin
+from tests.issued import issued, read_creds
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack
@@ -43,19 +41,6 @@ TOKEN_LIFETIME = 3600
 
 
 @dataclass(frozen=True)
-class Issued:
-    """A ``creds`` answer with the token replaced by its hash and its verified claims."""
-
-    token_sha256: str
-    claims: dict[str, Any]
-    token_type: str
-    expires_in: int
-    expires_at: str
-    response_keys: list[str]
-    warnings: list[str]
-
-
-@dataclass(frozen=True)
 class Unit:
     """A configured business-unit mount."""
 
@@ -66,63 +51,10 @@ class Unit:
     credentials: dict[str, str] = field(repr=False)
 
 
-def _sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def decode_token(stack: SkyflowStack, public_key: str, token: str) -> dict[str, Any]:
-    """Verify an emulator-issued access token (RS256, audience = the emulator's URL)."""
-    claims: dict[str, Any] = jwt.decode(
-        token,
-        public_key,
-        algorithms=["RS256"],
-        audience=stack.emulator.url.rstrip("/"),
-        options={"require": ["sub", "exp", "iat", "scope"]},
-    )
-    return claims
-
-
-def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
-    """Check a 200 ``creds`` answer and return it without the raw token."""
-    if response.status_code != 200:
-        fail_status(response, 200)
-    body = response.json()
-    data = body["data"]
-    token = data["access_token"]
-    assert isinstance(token, str)
-    assert token
-    return Issued(
-        token_sha256=_sha(token),
-        claims=decode_token(stack, public_key, token),
-        token_type=data["token_type"],
-        expires_in=data["expires_in"],
-        expires_at=data["expires_at"],
-        response_keys=sorted(data),
-        warnings=list(body.get("warnings") or []),
-    )
-
-
-def read_creds(
-    client: BaoClient, mount: str, role: str, ctx: Any = None, *, method: str = "GET"
-) -> httpx.Response:
-    """GET ``creds/<role>`` with ``ctx`` in the query, or POST it in the JSON body."""
-    if method == "GET":
-        params = {"ctx": ctx} if ctx is not None else None
-        return client.request("GET", f"{mount}/creds/{role}", params=params)
-    body = {"ctx": ctx} if ctx is not None else {}
-    return client.request(method, f"{mount}/creds/{role}", json=body)
-
-
 def rfc3339(text: str) -> datetime.datetime:
     moment = datetime.datetime.fromisoformat(text)
     assert moment.tzinfo is not None, f"{text!r} has no time zone"
     return moment
-
-
-def calls(admin: EmulatorAdmin, client_id: str) -> int:
-    """Token calls the emulator saw from one service account."""
-    by_client: dict[str, dict[str, int]] = admin.stats()["by_client"]
-    return by_client.get(client_id, {}).get("calls", 0)
 
 
 def key_material_in(text: str, credentials: dict[str, str]) -> tuple[bool, int]:
@@ -160,16 +92,6 @@ def public_key(stack: SkyflowStack) -> str:
 @pytest.fixture
 def client(stack: SkyflowStack) -> BaoClient:
     return stack.client()
-
-
-@pytest.fixture
-def faults(stack: SkyflowStack) -> Iterator[EmulatorAdmin]:
-    """The emulator with faults and counters cleared before and after the test."""
-    stack.admin.reset()
-    try:
-        yield stack.admin
-    finally:
-        stack.admin.reset()
 
 
 @pytest.fixture
@@ -466,7 +388,7 @@ def test_a_failed_config_write_keeps_the_previous_config_working(
     public_key: str,
     client: BaoClient,
     units: dict[str, Unit],
-    faults: EmulatorAdmin,
+    fresh_emulator: EmulatorAdmin,
 ) -> None:
     unit = units["insurance"]
     bad = client.request(
@@ -475,12 +397,12 @@ def test_a_failed_config_write_keeps_the_previous_config_working(
         json={"credentials_json": _account_with(stack, tokenURI="http://x/token")},
     )
     error_text(bad, 400)
-    faults.set_faults(reject=True)
+    fresh_emulator.set_faults(reject=True)
     rejected = client.request(
         "POST", f"{unit.path}/config", json={"credentials_json": json.dumps(stack.new_account())}
     )
     assert "credentials_json" in error_text(rejected, 400)
-    faults.reset()
+    fresh_emulator.reset()
     config = client.read(f"{unit.path}/config")["data"]
     assert config["client_id"] == unit.client_id
     assert config["version"] == 1
@@ -503,12 +425,14 @@ def test_bad_role_ids_are_400_naming_the_field(
 
 
 def test_skyflow_rejecting_the_account_is_502_with_its_category_and_request_id(
-    client: BaoClient, units: dict[str, Unit], faults: EmulatorAdmin
+    client: BaoClient, units: dict[str, Unit], fresh_emulator: EmulatorAdmin
 ) -> None:
     unit = units["lending"]
-    faults.set_faults(reject=True)
+    fresh_emulator.set_faults(reject=True)
     message = error_text(read_creds(client, unit.path, "producer", "rejected"), 502)
-    rejections = [r for r in faults.stats()["rejections"] if r["client_id"] == unit.client_id]
+    rejections = [
+        r for r in fresh_emulator.stats()["rejections"] if r["client_id"] == unit.client_id
+    ]
     assert len(rejections) == 1
     assert rejections[0]["status"] == 401
     assert "rejected" in message  # the category
@@ -521,9 +445,9 @@ def test_skyflow_rejecting_the_account_is_502_with_its_category_and_request_id(
 
 @pytest.mark.parametrize("status", [503, 500, 429])
 def test_skyflow_failing_is_503_never_500(
-    client: BaoClient, units: dict[str, Unit], faults: EmulatorAdmin, status: int
+    client: BaoClient, units: dict[str, Unit], fresh_emulator: EmulatorAdmin, status: int
 ) -> None:
-    faults.set_faults(fail_status=status, fail_count=1000)
+    fresh_emulator.set_faults(fail_status=status, fail_count=1000)
     category = "rate limited" if status == 429 else "failing"
     for method, ctx in (("GET", f"down-{status}"), ("POST", {"outage": str(status)})):
         message = error_text(
@@ -621,7 +545,7 @@ def test_health_is_503_when_unconfigured(stack: SkyflowStack, client: BaoClient)
 def test_health_is_503_when_skyflow_fails(
     stack: SkyflowStack,
     client: BaoClient,
-    faults: EmulatorAdmin,
+    fresh_emulator: EmulatorAdmin,
     knobs: dict[str, Any],
     status: int,
 ) -> None:
@@ -631,7 +555,7 @@ def test_health_is_503_when_skyflow_fails(
         f"{path}/config",
         {"credentials_json": json.dumps(stack.new_account()), "validate_credentials": False},
     )
-    faults.set_faults(**knobs)
+    fresh_emulator.set_faults(**knobs)
     response = client.request("GET", f"{path}/health")
     assert response.status_code == 503, response.text
     health = health_body(response)
@@ -639,7 +563,7 @@ def test_health_is_503_when_skyflow_fails(
     assert health["checks"]["config"]["ok"] is True
     assert health["checks"]["skyflow"]["ok"] is False
     assert health["checks"]["skyflow"]["status"] == status
-    faults.reset()
+    fresh_emulator.reset()
     recovered = client.request("GET", f"{path}/health")
     assert recovered.status_code == 200, recovered.text
 

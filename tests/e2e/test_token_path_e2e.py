@@ -15,23 +15,19 @@ Access tokens are only compared through their SHA-256 and never appear in an ass
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-import jwt
 import pytest
 
 from skyflow_devtools.catalog import PluginInfo, install_plugin, python_launcher
-from skyflow_devtools.client import BaoClient, error_text, fail_status
+from skyflow_devtools.client import BaoClient, error_text
 from skyflow_emulator.process import EmulatorAdmin
+from tests.issued import Issued, calls, issued, read_creds, sha256
 
 if TYPE_CHECKING:
     from conftest import SkyflowStack
@@ -46,50 +42,6 @@ CONCURRENT_READS = 64
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Issued:
-    """A ``creds`` answer with the token replaced by its hash and its verified claims."""
-
-    token_sha256: str
-    claims: dict[str, Any]
-    expires_in: int
-    expires_at: str
-    warnings: list[str]
-
-
-def issued(stack: SkyflowStack, public_key: str, response: httpx.Response) -> Issued:
-    """Check a 200 ``creds`` answer and return it without the raw token."""
-    if response.status_code != 200:
-        fail_status(response, 200)
-    body = response.json()
-    data = body["data"]
-    token = data["access_token"]
-    claims: dict[str, Any] = jwt.decode(
-        token, public_key, algorithms=["RS256"], audience=stack.emulator.url.rstrip("/")
-    )
-    return Issued(
-        token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-        claims=claims,
-        expires_in=data["expires_in"],
-        expires_at=data["expires_at"],
-        warnings=list(body.get("warnings") or []),
-    )
-
-
-def read_creds(client: BaoClient, mount: str, role: str, ctx: Any = None) -> httpx.Response:
-    """GET ``creds/<role>`` (string ctx in the query) or POST it (map ctx in the body)."""
-    if isinstance(ctx, dict):
-        return client.request("POST", f"{mount}/creds/{role}", json={"ctx": ctx})
-    params = {"ctx": ctx} if ctx is not None else None
-    return client.request("GET", f"{mount}/creds/{role}", params=params)
-
-
-def calls(admin: EmulatorAdmin, client_id: str) -> int:
-    """Token calls the emulator saw from one service account."""
-    by_client: dict[str, dict[str, int]] = admin.stats()["by_client"]
-    return by_client.get(client_id, {}).get("calls", 0)
 
 
 def make_mount(
@@ -137,25 +89,14 @@ def client(stack: SkyflowStack) -> BaoClient:
     return stack.client()
 
 
-@pytest.fixture
-def emulator(stack: SkyflowStack) -> Iterator[EmulatorAdmin]:
-    """The emulator with faults, counters and the token lifetime reset around the test."""
-    stack.admin.reset()
-    try:
-        yield stack.admin
-    finally:
-        stack.admin.reset()
-        stack.admin.set_token_lifetime(3600)
-
-
 # -- reuse ---------------------------------------------------------------------------------
 
 
 def test_repeated_reads_reach_skyflow_once(
-    stack: SkyflowStack, public_key: str, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
-    before = calls(emulator, client_id)
+    before = calls(fresh_emulator, client_id)
     first = issued(stack, public_key, read_creds(client, path, "producer", "batch-7"))
     for _ in range(9):
         again = issued(stack, public_key, read_creds(client, path, "producer", "batch-7"))
@@ -163,7 +104,7 @@ def test_repeated_reads_reach_skyflow_once(
         assert again.expires_at == first.expires_at  # describes the token returned
         assert again.expires_in <= first.expires_in
         assert again.warnings == []
-    assert calls(emulator, client_id) - before == 1
+    assert calls(fresh_emulator, client_id) - before == 1
     # A map ctx is another key, shared by every read of that same map (in any key order).
     mapped = issued(stack, public_key, read_creds(client, path, "producer", {"a": "1", "b": "2"}))
     reordered = issued(
@@ -171,15 +112,15 @@ def test_repeated_reads_reach_skyflow_once(
     )
     assert mapped.token_sha256 != first.token_sha256
     assert reordered.token_sha256 == mapped.token_sha256
-    assert calls(emulator, client_id) - before == 2
+    assert calls(fresh_emulator, client_id) - before == 2
 
 
 def test_concurrent_cold_reads_reach_skyflow_once(
-    stack: SkyflowStack, public_key: str, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"consumer": {"role_ids": "c-1,c-2"}})
-    before = calls(emulator, client_id)
-    emulator.set_faults(latency=1.0)  # every reader arrives while the one call is in flight
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(latency=1.0)  # every reader arrives while the one call is in flight
     barrier = threading.Barrier(CONCURRENT_READS)
 
     def read(_: int) -> tuple[int, str]:
@@ -189,7 +130,7 @@ def test_concurrent_cold_reads_reach_skyflow_once(
         if response.status_code != 200:
             return response.status_code, ""
         token = response.json()["data"]["access_token"]
-        return 200, hashlib.sha256(token.encode()).hexdigest()
+        return 200, sha256(token)
 
     with ThreadPoolExecutor(max_workers=CONCURRENT_READS) as pool:
         results = list(pool.map(read, range(CONCURRENT_READS)))
@@ -197,15 +138,15 @@ def test_concurrent_cold_reads_reach_skyflow_once(
     hashes = {digest for _, digest in results}
     assert statuses == [200]
     assert len(hashes) == 1
-    assert calls(emulator, client_id) - before == 1
+    assert calls(fresh_emulator, client_id) - before == 1
 
 
 def test_a_failure_reaches_every_waiter_and_is_not_cached(
-    stack: SkyflowStack, public_key: str, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
-    before = calls(emulator, client_id)
-    emulator.set_faults(latency=1.0, reject=True)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(latency=1.0, reject=True)
     readers = 16
     barrier = threading.Barrier(readers)
 
@@ -217,23 +158,23 @@ def test_a_failure_reaches_every_waiter_and_is_not_cached(
     with ThreadPoolExecutor(max_workers=readers) as pool:
         statuses = list(pool.map(read, range(readers)))
     assert statuses == [502] * readers
-    assert calls(emulator, client_id) - before == 1
-    emulator.reset()
+    assert calls(fresh_emulator, client_id) - before == 1
+    fresh_emulator.reset()
     got = issued(stack, public_key, read_creds(stack.client(), path, "producer"))
     assert got.claims["sub"] == client_id
 
 
 def test_cache_tokens_false_reaches_skyflow_on_every_read(
-    stack: SkyflowStack, public_key: str, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"fresh": {"role_ids": "f-1", "cache_tokens": False}})
-    before = calls(emulator, client_id)
+    before = calls(fresh_emulator, client_id)
     hashes = {
         issued(stack, public_key, read_creds(client, path, "fresh", "same")).token_sha256
         for _ in range(4)
     }
     assert len(hashes) == 4
-    assert calls(emulator, client_id) - before == 4
+    assert calls(fresh_emulator, client_id) - before == 4
     # Turning it back on makes the next reads share one token.
     client.write(f"{path}/roles/fresh", {"cache_tokens": True})
     hashes = {
@@ -241,7 +182,7 @@ def test_cache_tokens_false_reaches_skyflow_on_every_read(
         for _ in range(3)
     }
     assert len(hashes) == 1
-    assert calls(emulator, client_id) - before == 5
+    assert calls(fresh_emulator, client_id) - before == 5
 
 
 def test_min_remaining_ttl_is_validated_against_the_token_lifetime(
@@ -261,10 +202,10 @@ def test_min_remaining_ttl_is_validated_against_the_token_lifetime(
 
 
 def test_a_role_change_is_visible_on_the_very_next_read(
-    stack: SkyflowStack, public_key: str, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-old"}})
-    before = calls(emulator, client_id)
+    before = calls(fresh_emulator, client_id)
     old = issued(stack, public_key, read_creds(client, path, "producer", "k"))
     assert old.claims["scope"] == ["p-old"]
     client.write(f"{path}/roles/producer", {"role_ids": ["p-new-1", "p-new-2"]})
@@ -277,25 +218,25 @@ def test_a_role_change_is_visible_on_the_very_next_read(
     client.write(f"{path}/roles/producer", {"role_ids": "p-again"})
     again = issued(stack, public_key, read_creds(client, path, "producer", "k"))
     assert again.claims["scope"] == ["p-again"]
-    assert calls(emulator, client_id) - before == 3
+    assert calls(fresh_emulator, client_id) - before == 3
 
 
 def test_other_roles_keep_their_tokens_when_one_role_changes(
-    stack: SkyflowStack, public_key: str, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"a": {"role_ids": "a-1"}, "b": {"role_ids": "b-1"}})
-    before = calls(emulator, client_id)
+    before = calls(fresh_emulator, client_id)
     first_b = issued(stack, public_key, read_creds(client, path, "b"))
     issued(stack, public_key, read_creds(client, path, "a"))
     client.write(f"{path}/roles/a", {"description": "touched"})
     second_b = issued(stack, public_key, read_creds(client, path, "b"))
     assert second_b.token_sha256 == first_b.token_sha256
     issued(stack, public_key, read_creds(client, path, "a"))
-    assert calls(emulator, client_id) - before == 3
+    assert calls(fresh_emulator, client_id) - before == 3
 
 
 def test_a_config_change_is_visible_on_the_very_next_read(
-    stack: SkyflowStack, public_key: str, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, public_key: str, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, old_client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
     old = issued(stack, public_key, read_creds(client, path, "producer"))
@@ -322,13 +263,13 @@ def test_a_config_change_is_visible_on_the_very_next_read(
 
 
 def test_a_hanging_skyflow_yields_503_within_the_deadline(
-    stack: SkyflowStack, fast_plugin: PluginInfo, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, fast_plugin: PluginInfo, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(
         stack, plugin=fast_plugin.name, roles={"producer": {"role_ids": "p-1"}}
     )
-    before = calls(emulator, client_id)
-    emulator.set_faults(latency=FAST_DEADLINE + 3)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(latency=FAST_DEADLINE + 3)
     started = time.monotonic()
     response = read_creds(client, path, "producer", "hang")
     elapsed = time.monotonic() - started
@@ -336,7 +277,7 @@ def test_a_hanging_skyflow_yields_503_within_the_deadline(
     assert elapsed < FAST_DEADLINE + DEADLINE_SLACK
     assert elapsed >= FAST_DEADLINE - 0.5  # it did wait for Skyflow, up to the deadline
     assert "Skyflow" in message
-    assert calls(emulator, client_id) - before >= 1
+    assert calls(fresh_emulator, client_id) - before >= 1
 
 
 @pytest.mark.parametrize(
@@ -352,74 +293,74 @@ def test_one_transient_failure_is_retried_into_a_200(
     stack: SkyflowStack,
     public_key: str,
     client: BaoClient,
-    emulator: EmulatorAdmin,
+    fresh_emulator: EmulatorAdmin,
     knobs: dict[str, Any],
     min_elapsed: float,
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
-    before = calls(emulator, client_id)
-    emulator.set_faults(**knobs)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(**knobs)
     started = time.monotonic()
     got = issued(stack, public_key, read_creds(client, path, "producer", "retry"))
     elapsed = time.monotonic() - started
     assert got.claims["sub"] == client_id
-    assert calls(emulator, client_id) - before == 2
+    assert calls(fresh_emulator, client_id) - before == 2
     assert elapsed >= min_elapsed  # Retry-After was honoured
     assert elapsed < 10
 
 
 def test_a_credential_rejection_is_not_retried(
-    stack: SkyflowStack, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
-    before = calls(emulator, client_id)
-    emulator.set_faults(reject=True)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(reject=True)
     message = error_text(read_creds(client, path, "producer", "reject"), 502)
-    assert calls(emulator, client_id) - before == 1
-    rejections = [r for r in emulator.stats()["rejections"] if r["client_id"] == client_id]
+    assert calls(fresh_emulator, client_id) - before == 1
+    rejections = [r for r in fresh_emulator.stats()["rejections"] if r["client_id"] == client_id]
     assert len(rejections) == 1
     assert rejections[0]["request_id"] in message
 
 
 def test_rate_limiting_past_the_retries_is_503(
-    stack: SkyflowStack, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(stack, roles={"producer": {"role_ids": "p-1"}})
-    before = calls(emulator, client_id)
-    emulator.set_faults(fail_status=429, fail_count=1000, retry_after=0)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(fail_status=429, fail_count=1000, retry_after=0)
     message = error_text(read_creds(client, path, "producer", "limited"), 503)
     assert "429" in message
-    attempts = calls(emulator, client_id) - before
+    attempts = calls(fresh_emulator, client_id) - before
     assert 2 <= attempts <= 10  # retried, but boundedly
 
 
 def test_a_retry_after_past_the_deadline_is_not_waited_for(
-    stack: SkyflowStack, fast_plugin: PluginInfo, client: BaoClient, emulator: EmulatorAdmin
+    stack: SkyflowStack, fast_plugin: PluginInfo, client: BaoClient, fresh_emulator: EmulatorAdmin
 ) -> None:
     path, client_id = make_mount(
         stack, plugin=fast_plugin.name, roles={"producer": {"role_ids": "p-1"}}
     )
-    before = calls(emulator, client_id)
-    emulator.set_faults(fail_status=429, fail_count=1000, retry_after=60)
+    before = calls(fresh_emulator, client_id)
+    fresh_emulator.set_faults(fail_status=429, fail_count=1000, retry_after=60)
     started = time.monotonic()
     message = error_text(read_creds(client, path, "producer"), 503)
     assert time.monotonic() - started < FAST_DEADLINE + DEADLINE_SLACK
     assert "Retry-After" in message
-    assert calls(emulator, client_id) - before == 1
+    assert calls(fresh_emulator, client_id) - before == 1
 
 
 # -- serving through an outage -------------------------------------------------------------
 
 
 def _stale_setup(
-    stack: SkyflowStack, public_key: str, emulator: EmulatorAdmin, plugin: str
+    stack: SkyflowStack, public_key: str, fresh_emulator: EmulatorAdmin, plugin: str
 ) -> tuple[str, str, Issued]:
     """A mount whose cached token is valid but below the role's min_remaining_ttl.
 
     The emulator issues 120 s tokens while the role wants 10 minutes left (the default), so
     every read while Skyflow is healthy mints a new token, and the latest one stays cached.
     """
-    emulator.set_token_lifetime(120)
+    fresh_emulator.set_token_lifetime(120)
     path, client_id = make_mount(
         stack, plugin=plugin, roles={"producer": {"role_ids": "p-1"}}, validate=False
     )
@@ -436,16 +377,16 @@ def test_a_cached_token_is_served_while_skyflow_is_down(
     stack: SkyflowStack,
     public_key: str,
     client: BaoClient,
-    emulator: EmulatorAdmin,
+    fresh_emulator: EmulatorAdmin,
     fast_plugin: PluginInfo,
     outage: str,
 ) -> None:
-    path, client_id, latest = _stale_setup(stack, public_key, emulator, fast_plugin.name)
-    before = calls(emulator, client_id)
+    path, client_id, latest = _stale_setup(stack, public_key, fresh_emulator, fast_plugin.name)
+    before = calls(fresh_emulator, client_id)
     if outage == "down":
-        emulator.set_faults(fail_status=503, fail_count=1000)
+        fresh_emulator.set_faults(fail_status=503, fail_count=1000)
     else:
-        emulator.set_faults(latency=FAST_DEADLINE + 3)
+        fresh_emulator.set_faults(latency=FAST_DEADLINE + 3)
     started = time.monotonic()
     served = issued(stack, public_key, read_creds(client, path, "producer", "outage"))
     assert time.monotonic() - started < FAST_DEADLINE + DEADLINE_SLACK
@@ -456,7 +397,7 @@ def test_a_cached_token_is_served_while_skyflow_is_down(
     # expires_in/expires_at describe the token actually returned.
     assert abs(served.claims["exp"] - _epoch(served.expires_at)) <= 2
     assert 0 < served.expires_in <= 120
-    assert calls(emulator, client_id) - before >= 1  # Skyflow was tried first
+    assert calls(fresh_emulator, client_id) - before >= 1  # Skyflow was tried first
     # Without a cached token for that key there is nothing to serve: 503.
     error_text(read_creds(client, path, "producer", "never-cached"), 503)
 

@@ -2,154 +2,44 @@
 way an operator does it (sha256-pinned catalog entry), the Skyflow emulator over HTTPS, and
 helpers that look for secrets without ever printing them.
 
-The e2e suite's ``conftest`` cannot be imported (pytest's importlib mode), so the small
-start-up logic is repeated here with the options this suite needs: extra catalog entries with
-their own environment, raft storage, the file audit device.
+The stack itself is tests/stack.py, shared with the e2e suite; this suite installs the plugin
+with a plain launcher and adds a second catalog entry with a short deadline (``FAST_PLUGIN``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from skyflow_devtools.catalog import PluginInfo, install_plugin, python_launcher
-from skyflow_devtools.client import BaoClient
-from skyflow_devtools.openbao import OpenBaoServer
-from skyflow_devtools.processes import plugin_pids, poll_until
-from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
+from skyflow_emulator.process import EmulatorAdmin
+from tests.stack import (
+    FAST_DEADLINE,
+    FAST_PLUGIN,
+    PLUGIN_LAUNCHER,
+    PLUGIN_NAME,
+    Stack,
+    running_stack,
+    start_stack,
+)
 
-PLUGIN_NAME = "skyflow"
-PLUGIN_LAUNCHER = python_launcher("skyflow_vault_plugin.cli")
-FAST_PLUGIN = "skyflow-fast"
-"""A second catalog entry of the same plugin with ``SKYFLOW_REQUEST_DEADLINE=3``."""
-FAST_DEADLINE = 3.0
+__all__ = ["FAST_DEADLINE", "FAST_PLUGIN", "PLUGIN_LAUNCHER", "PLUGIN_NAME", "Stack", "start_stack"]
 
 
 # -------------------------------------------------------------------------------- the stack
 
 
-@dataclass
-class Stack:
-    """A running OpenBao with the plugin registered, and the emulator it trusts."""
-
-    bao: OpenBaoServer
-    emulator: EmulatorProcess
-    plugins: dict[str, PluginInfo] = field(default_factory=dict)
-    credentials_dir: Path = Path("/nonexistent")
-    """The server's ``SKYFLOW_CREDENTIALS_DIR``: mount ``P`` reads files under ``<it>/P/``."""
-
-    @property
-    def admin(self) -> EmulatorAdmin:
-        return self.emulator.admin
-
-    def client(self, token: str | None = None) -> BaoClient:
-        return self.bao.client(token)
-
-    def new_account(self) -> dict[str, str]:
-        """Fresh service-account credentials issued by the emulator."""
-        return self.admin.create_account()
-
-    def mount(
-        self,
-        prefix: str = "skyflow/unit",
-        *,
-        plugin: str = PLUGIN_NAME,
-        credentials: Mapping[str, str] | None = None,
-        roles: Mapping[str, list[str]] | None = None,
-    ) -> str:
-        """Enable a fresh mount of ``plugin``, configure it with ``credentials`` (a new
-        account when None), create ``roles``; return the mount path (no trailing slash)."""
-        path = f"{prefix}-{secrets.token_hex(3)}"
-        client = self.client()
-        client.enable_secrets(path, plugin)
-        client.write(
-            f"{path}/config",
-            {"credentials_json": json.dumps(dict(credentials or self.new_account()))},
-        )
-        for name, role_ids in (roles or {}).items():
-            client.write(f"{path}/roles/{name}", {"role_ids": role_ids})
-        return path
-
-    def plugin_pids(self, plugin: str = PLUGIN_NAME) -> list[int]:
-        """The running processes of one catalog entry."""
-        return plugin_pids(self.bao, plugin)
-
-    def plugin_pid(self, plugin: str = PLUGIN_NAME) -> int:
-        """The single (multiplexed) process serving every mount of ``plugin``."""
-        pids = poll_until(
-            lambda: self.plugin_pids(plugin) or None, timeout=10, message=f"{plugin} process"
-        )
-        assert len(pids) == 1, f"expected one multiplexed {plugin} process, found {pids}"
-        return pids[0]
-
-    def close(self) -> None:
-        try:
-            self.bao.close()
-        finally:
-            self.emulator.stop()
-
-
-def start_stack(
-    work_dir: Path,
-    *,
-    server_env: Mapping[str, str] | None = None,
-    raft: bool = False,
-    audit_log: bool = False,
-    fast_plugin: bool = False,
-) -> Stack:
-    """Start the emulator and an OpenBao (dev, or single-node raft) that trusts it, then
-    install the plugin; ``fast_plugin`` also registers :data:`FAST_PLUGIN`."""
-    credentials = work_dir / "credentials"  # SKYFLOW_CREDENTIALS_DIR
-    credentials.mkdir(parents=True, exist_ok=True)
-    emulator = EmulatorProcess(state_dir=work_dir / "emulator").start()
-    try:
-        env = {
-            **emulator.plugin_env(),
-            "SKYFLOW_CREDENTIALS_DIR": str(credentials),
-            **(server_env or {}),
-        }
-        factory = OpenBaoServer.raft if raft else OpenBaoServer.dev
-        bao = factory(work_dir / "bao", env=env, audit_log=audit_log)
-        bao.start()
-    except BaseException:
-        emulator.stop()
-        raise
-    stack = Stack(bao, emulator, credentials_dir=credentials)
-    try:
-        stack.plugins[PLUGIN_NAME] = install_plugin(
-            bao, name=PLUGIN_NAME, executable=PLUGIN_LAUNCHER
-        )
-        if fast_plugin:
-            stack.plugins[FAST_PLUGIN] = install_plugin(
-                bao,
-                name=FAST_PLUGIN,
-                executable=PLUGIN_LAUNCHER,
-                filename=FAST_PLUGIN,
-                env={"SKYFLOW_REQUEST_DEADLINE": str(FAST_DEADLINE)},
-            )
-    except BaseException:
-        stack.close()
-        raise
-    return stack
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """OpenBao (dev) + plugin + emulator, shared by a module's tests."""
-    running = start_stack(tmp_path_factory.mktemp("stack"), fast_plugin=True)
-    try:
+    with running_stack(tmp_path_factory.mktemp("stack"), fast_plugin=True) as running:
         yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
+from skyflow_vault_plugin.skyflow.path_roles import ROLE_FIELDS
 from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
 
 from .conftest import Stack, error_text
@@ -784,17 +785,6 @@ INVALID_ROLE_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-@PROPERTY
-@pytest.mark.parametrize("field", sorted(INVALID_ROLE_FIELDS))
-@given(data=st.data())
-def test_property_invalid_role_fields_are_refused(
-    engine_module: Engine, field: str, data: st.DataObject
-) -> None:
-    with baseline_kept(engine_module) as engine:
-        value = data.draw(INVALID_ROLE_FIELDS[field], label=field)
-        assert_refused(engine, "roles/r", {field: value}, field)
-
-
 INVALID_CONFIG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "description": INVALID_ROLE_FIELDS["description"],
     "tags": INVALID_ROLE_FIELDS["tags"],
@@ -813,15 +803,25 @@ INVALID_CONFIG_FIELDS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+INVALID_FIELDS: dict[tuple[str, str], st.SearchStrategy[Any]] = {
+    **{("roles/r", field): values for field, values in INVALID_ROLE_FIELDS.items()},
+    **{("config", field): values for field, values in INVALID_CONFIG_FIELDS.items()},
+}
+
+
 @PROPERTY
-@pytest.mark.parametrize("field", sorted(INVALID_CONFIG_FIELDS))
+@pytest.mark.parametrize(
+    ("path", "field"),
+    sorted(INVALID_FIELDS),
+    ids=[f"{path.split('/')[0]}-{field}" for path, field in sorted(INVALID_FIELDS)],
+)
 @given(data=st.data())
-def test_property_invalid_config_fields_are_refused(
-    engine_module: Engine, field: str, data: st.DataObject
+def test_property_invalid_fields_are_refused(
+    engine_module: Engine, path: str, field: str, data: st.DataObject
 ) -> None:
     with baseline_kept(engine_module) as engine:
-        value = data.draw(INVALID_CONFIG_FIELDS[field], label=field)
-        assert_refused(engine, "config", {field: value}, field)
+        value = data.draw(INVALID_FIELDS[path, field], label=field)
+        assert_refused(engine, path, {field: value}, field)
 
 
 CREDENTIAL_KEYS = ("clientID", "keyID", "tokenURI", "privateKey", "clientName")
@@ -857,23 +857,7 @@ def test_property_a_corrupted_credential_field_is_named(
 
 @PROPERTY
 @given(
-    name=HOST_TEXT.filter(
-        lambda s: (
-            s
-            not in (
-                "role_ids",
-                "description",
-                "tags",
-                "min_remaining_ttl",
-                "cache_tokens",
-                "ctx_mode",
-                "allowed_ctx_keys",
-                "required_ctx_keys",
-                "ctx_template",
-                "name",
-            )
-        )
-    ),
+    name=HOST_TEXT.filter(lambda s: s not in ROLE_FIELDS),
     value=JSON_SCALARS,
 )
 def test_property_unknown_fields_are_refused(engine_module: Engine, name: str, value: Any) -> None:
@@ -995,6 +979,12 @@ def _raw(target: Target, method: str, path: str, body: str, timeout: float) -> h
         )
 
 
+def _credentials_body(token_uri: str, private_key: str) -> str:
+    """A config write whose credentials have every key, with the given token URI and key."""
+    credentials = {"clientID": "c", "keyID": "k", "tokenURI": token_uri, "privateKey": private_key}
+    return json.dumps({"credentials_json": credentials})
+
+
 def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
 
@@ -1020,32 +1010,14 @@ SERVER_CASES: list[tuple[str, str, str, str, str]] = [
         "config: http token URI",
         "PUT",
         "config",
-        json.dumps(
-            {
-                "credentials_json": {
-                    "clientID": "c",
-                    "keyID": "k",
-                    "tokenURI": "http://x/t",
-                    "privateKey": BAD_PEMS["rsa 1024"],
-                }
-            }
-        ),
+        _credentials_body("http://x/t", BAD_PEMS["rsa 1024"]),
         "credentials_json.tokenURI",
     ),
     (
         "config: invalid PEM",
         "PUT",
         "config",
-        json.dumps(
-            {
-                "credentials_json": {
-                    "clientID": "c",
-                    "keyID": "k",
-                    "tokenURI": "https://x/t",
-                    "privateKey": BAD_PEMS["truncated body"],
-                }
-            }
-        ),
+        _credentials_body("https://x/t", BAD_PEMS["truncated body"]),
         "credentials_json.privateKey",
     ),
     (

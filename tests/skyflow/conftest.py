@@ -9,9 +9,11 @@ A module sets ``POLICY`` and ``MOUNT_POINT`` to change what the ``client`` fixtu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
@@ -20,8 +22,8 @@ from skyflow_vault_plugin.skyflow.cache import DEFAULT_MAX_ENTRIES
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import ServiceAccount, TokenHosts, parse_credentials
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
-from vault_plugin_sdk.framework import StaticSystemView
-from vault_plugin_sdk.testing import PluginTestClient, open_driver
+from vault_plugin_sdk.framework import StaticSystemView, StorageEntry
+from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient, open_driver
 
 POLICY = ExchangePolicy(
     connect_timeout=1.0,
@@ -36,35 +38,9 @@ EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's 
 
 
 @pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("tests-a")
-
-
-@pytest.fixture(scope="module")
 def account(creds: dict[str, str]) -> ServiceAccount:
     """``creds`` parsed: the service account that signs assertions."""
     return parse_credentials(creds)
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("tests-b")
-
-
-@pytest.fixture
-def fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    """No faults, zero counters and one-hour tokens, before and after the test."""
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    emulator.state.token_lifetime = 3600
-    yield
-    emulator.state.reset_faults()
-    emulator.state.token_lifetime = 3600
 
 
 @pytest.fixture(params=["direct", "grpc"])
@@ -95,6 +71,48 @@ async def open_client(
     )
     async with open_driver(kind, make_factory(settings), system_view=system_view) as driver:
         yield PluginTestClient(driver, mount_point=mount_point)
+
+
+def token_claims(emulator: InProcessEmulator, token: object) -> dict[str, Any]:
+    """The claims of an access token that ``emulator`` issued, verified (RS256, its URL as
+    the audience)."""
+    assert isinstance(token, str)
+    claims: dict[str, Any] = jwt.decode(
+        token, emulator.state.public_key_pem(), algorithms=["RS256"], audience=emulator.base_url
+    )
+    return claims
+
+
+def snake_case(creds: Mapping[str, Any]) -> dict[str, Any]:
+    """Service-account credentials with the snake_case keys the engine also accepts."""
+    names = {
+        "clientID": "client_id",
+        "clientName": "client_name",
+        "keyID": "key_id",
+        "tokenURI": "token_uri",
+        "privateKey": "private_key",
+    }
+    return {names[k]: v for k, v in creds.items()}
+
+
+async def invalidate(client: PluginTestClient, key: str) -> None:
+    """Deliver the host's InvalidateKey (over gRPC, or straight to the backend)."""
+    driver = client.driver
+    if isinstance(driver, GrpcDriver):
+        await driver.invalidate(key)
+    else:
+        await driver.backend.invalidate(key)
+
+
+async def rewrite_stored_config(client: PluginTestClient, **changes: Any) -> None:
+    """Change the stored config behind the mount's back (as another node's write would) and
+    deliver the InvalidateKey that makes the mount reload it."""
+    entry = await client.storage.get("config")
+    assert entry is not None
+    await client.storage.put(
+        StorageEntry.from_json("config", {**entry.json(), **changes}, seal_wrap=True)
+    )
+    await invalidate(client, "config")
 
 
 @pytest.fixture

@@ -36,11 +36,6 @@ CHUNK = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
 def account(emulator: InProcessEmulator) -> ServiceAccount:
     return parse_credentials(emulator.create_account("hostile-endpoint"))
 

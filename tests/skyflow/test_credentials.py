@@ -22,6 +22,7 @@ from skyflow_vault_plugin.skyflow.credentials import (
     token_endpoint,
 )
 from skyflow_vault_plugin.skyflow.errors import CredentialsError, InvalidInput, SkyflowError
+from tests.skyflow.conftest import snake_case
 
 TOKEN_URI = "https://manage.skyflowapis.test/v1/auth/sa/oauth/token"
 
@@ -52,17 +53,6 @@ def creds(pkcs8: str) -> dict[str, Any]:
     }
 
 
-def _snake(creds: dict[str, Any]) -> dict[str, Any]:
-    names = {
-        "clientID": "client_id",
-        "clientName": "client_name",
-        "tokenURI": "token_uri",
-        "keyID": "key_id",
-        "privateKey": "private_key",
-    }
-    return {names[k]: v for k, v in creds.items()}
-
-
 def _fails(raw: Any, field: str, **kwargs: Any) -> CredentialsError:
     with pytest.raises(CredentialsError) as info:
         parse_credentials(raw, **kwargs)
@@ -84,7 +74,7 @@ def test_camel_case_mapping(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -
 
 
 def test_snake_case_mapping(creds: dict[str, Any], rsa_key: rsa.RSAPrivateKey) -> None:
-    _assert_account(parse_credentials(_snake(creds)), rsa_key)
+    _assert_account(parse_credentials(snake_case(creds)), rsa_key)
 
 
 @pytest.mark.parametrize("indent", [None, 2, "\t"])
@@ -129,7 +119,7 @@ def test_wrong_type_names_field(creds: dict[str, Any], key: str) -> None:
 
 
 def test_snake_case_errors_name_the_key_as_written(creds: dict[str, Any]) -> None:
-    snake = _snake(creds)
+    snake = snake_case(creds)
     snake["token_uri"] = "http://insecure.test/token"
     _fails(snake, "credentials_json.token_uri")
 

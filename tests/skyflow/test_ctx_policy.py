@@ -9,20 +9,17 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
 from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
-from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.ctx_policy import CtxPolicy, Identity, check_template, resolve_ctx
 from skyflow_vault_plugin.skyflow.errors import InvalidContext
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
+from tests.skyflow.conftest import EMULATOR_HOSTS, token_claims
 from vault_plugin_sdk.framework import Alias, Entity, Group, StaticSystemView
 from vault_plugin_sdk.testing import Outcome, PluginTestClient, open_driver
-
-EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
 USERPASS = "auth_userpass_1a2b3c"
 OIDC = "auth_oidc_9f8e7d"
@@ -290,21 +287,7 @@ def test_check_template_refuses(key: str, template: object, message: str) -> Non
 
 POLICY = ExchangePolicy(deadline=2.0, max_attempts=2, backoff_base=0.01, backoff_max=0.02)
 
-
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("ctx-policy-tests")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> None:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
+pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
 
 
 @pytest.fixture(params=["direct", "grpc"])
@@ -335,13 +318,7 @@ def digest(outcome: Outcome) -> str:
 
 def token_ctx(emulator: InProcessEmulator, outcome: Outcome) -> Any:
     assert outcome.status == 200, outcome.errors
-    claims = jwt.decode(
-        outcome.data["access_token"],
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return claims.get("ctx")
+    return token_claims(emulator, outcome.data["access_token"]).get("ctx")
 
 
 PER_USER = {

@@ -21,7 +21,7 @@ from skyflow_vault_plugin.skyflow.backend import make_factory
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings
 from skyflow_vault_plugin.skyflow.storage import SCHEMA_VERSION
-from tests.skyflow.conftest import POLICY, open_client
+from tests.skyflow.conftest import POLICY, open_client, rewrite_stored_config, snake_case
 from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient, open_driver
 
 pytestmark = pytest.mark.usefixtures("fresh_emulator")
@@ -70,17 +70,6 @@ def outcome_text(outcome: Outcome) -> str:
     return json.dumps(
         {"data": outcome.data, "warnings": outcome.warnings, "errors": outcome.errors}
     )
-
-
-def snake_case(creds: dict[str, str]) -> dict[str, str]:
-    names = {
-        "clientID": "client_id",
-        "clientName": "client_name",
-        "keyID": "key_id",
-        "tokenURI": "token_uri",
-        "privateKey": "private_key",
-    }
-    return {names[k]: v for k, v in creds.items()}
 
 
 def write_file(tmp_path: Path, creds: dict[str, str], name: str = "creds.json") -> str:
@@ -633,18 +622,7 @@ async def test_newer_schema_is_not_misread(client: PluginTestClient, creds: dict
     """A config stored by a newer release is refused, not half-read (through a fresh mount
     state: invalidate makes the engine reload from storage)."""
     await client.write("config", {"credentials_json": creds})
-    entry = await client.storage.get("config")
-    assert entry is not None
-    raw = entry.json()
-    raw["schema_version"] = SCHEMA_VERSION + 1
-    from vault_plugin_sdk.framework import StorageEntry
-
-    await client.storage.put(StorageEntry.from_json("config", raw, seal_wrap=True))
-    driver = client.driver
-    if isinstance(driver, GrpcDriver):
-        await driver.invalidate("config")
-    else:
-        await driver.backend.invalidate("config")
+    await rewrite_stored_config(client, schema_version=SCHEMA_VERSION + 1)
     read = await client.read("config")
     assert read.status >= 400
     assert leaks(outcome_text(read), creds) == []

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
@@ -24,9 +23,9 @@ from skyflow_vault_plugin.skyflow import storage as store
 from skyflow_vault_plugin.skyflow.client import ExchangePolicy
 from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
-from tests.skyflow.conftest import POLICY, open_client
+from tests.skyflow.conftest import POLICY, invalidate, open_client, token_claims
 from vault_plugin_sdk.framework import Entity, StaticSystemView
-from vault_plugin_sdk.testing import GrpcDriver, Outcome, PluginTestClient
+from vault_plugin_sdk.testing import Outcome, PluginTestClient
 
 EMULATOR_HOSTS = TokenHosts.parse("emulator.test")  # the in-process emulator's host
 
@@ -70,26 +69,11 @@ def digest(token: object) -> str:
 def claims(emulator: InProcessEmulator, outcome: Outcome) -> dict[str, Any]:
     """The verified claims of the token in a creds response."""
     assert outcome.status == 200, outcome.errors
-    decoded: dict[str, Any] = jwt.decode(
-        outcome.data["access_token"],
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return decoded
+    return token_claims(emulator, outcome.data["access_token"])
 
 
 def calls(emulator: InProcessEmulator) -> int:
     return emulator.state.token_calls
-
-
-async def invalidate(client: PluginTestClient, key: str) -> None:
-    """Deliver the host's InvalidateKey (over gRPC, or straight to the backend)."""
-    driver = client.driver
-    if isinstance(driver, GrpcDriver):
-        await driver.invalidate(key)
-    else:
-        await driver.backend.invalidate(key)
 
 
 async def wait_for_calls(emulator: InProcessEmulator, count: int) -> None:

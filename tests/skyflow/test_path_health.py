@@ -14,8 +14,7 @@ from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import PLUGIN_VERSION
 from skyflow_vault_plugin.skyflow.responses import MAX_MOUNT_BACKOFF
 from tests.skyflow import conftest
-from vault_plugin_sdk.framework import StorageEntry
-from vault_plugin_sdk.testing import GrpcDriver, PluginTestClient
+from vault_plugin_sdk.testing import PluginTestClient
 
 POLICY = dataclasses.replace(conftest.POLICY, max_attempts=2)
 MOUNT_POINT = "skyflow/clcm/"
@@ -153,17 +152,12 @@ async def test_unparseable_stored_config_fails_the_config_check(
     """A config that no longer parses (e.g. written by another node with a broken file path)
     fails the config check without an internal error."""
     await client.write("config", {"credentials_json": creds, "validate_credentials": False})
-    entry = await client.storage.get("config")
-    assert entry is not None
-    raw = entry.json()
-    raw.update(credentials_type="file_path", credentials_json=None)
-    raw["credentials_file_path"] = "/nonexistent/skyflow-creds.json"
-    await client.storage.put(StorageEntry.from_json("config", raw, seal_wrap=True))
-    driver = client.driver
-    if isinstance(driver, GrpcDriver):
-        await driver.invalidate("config")
-    else:
-        await driver.backend.invalidate("config")
+    await conftest.rewrite_stored_config(
+        client,
+        credentials_type="file_path",
+        credentials_json=None,
+        credentials_file_path="/nonexistent/skyflow-creds.json",
+    )
     outcome = await client.read("health")
     assert outcome.status == 503
     assert outcome.data["checks"]["config"]["ok"] is False

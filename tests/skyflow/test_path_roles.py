@@ -51,6 +51,15 @@ async def snapshot(client: PluginTestClient, name: str) -> tuple[bytes | None, d
     return (entry.value if entry else None), read.data
 
 
+async def assert_refused_unchanged(
+    client: PluginTestClient, data: dict[str, Any], field: str
+) -> None:
+    """Writing ``data`` to role ``a`` is refused naming ``field``; the role is as it was."""
+    before = await snapshot(client, "a")
+    assert_names(await client.write("roles/a", data), field)
+    assert await snapshot(client, "a") == before
+
+
 # ---------------------------------------------------------------------------------- CRUD
 
 
@@ -174,9 +183,7 @@ async def test_role_ids_bounds_on_create(client: PluginTestClient, value: object
 @pytest.mark.parametrize("value", [pytest.param(value, id=name) for name, value in ROLE_ID_CASES])
 async def test_role_ids_bounds_on_update(client: PluginTestClient, value: object) -> None:
     await client.write("roles/a", {"role_ids": "r1,r2", "description": "kept"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"role_ids": value}), "role_ids")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"role_ids": value}, "role_ids")
 
 
 @pytest.mark.parametrize(
@@ -205,9 +212,7 @@ TAG_CASES: list[tuple[str, object]] = [
 @pytest.mark.parametrize("value", [pytest.param(value, id=name) for name, value in TAG_CASES])
 async def test_tags_bounds(client: PluginTestClient, value: object) -> None:
     await client.write("roles/a", {"role_ids": "r1", "tags": "ok"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"tags": value}), "tags")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"tags": value}, "tags")
 
 
 async def test_tags_at_the_bounds_are_accepted(client: PluginTestClient) -> None:
@@ -218,9 +223,7 @@ async def test_tags_at_the_bounds_are_accepted(client: PluginTestClient) -> None
 
 async def test_description_bound(client: PluginTestClient) -> None:
     await client.write("roles/a", {"role_ids": "r1"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"description": "d" * 1025}), "description")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"description": "d" * 1025}, "description")
 
 
 @pytest.mark.parametrize(
@@ -241,17 +244,13 @@ async def test_min_remaining_ttl_parsing(
 @pytest.mark.parametrize("value", [3600, "1h", "2h", "soon", -5, True, "5 minutes"])
 async def test_min_remaining_ttl_bounds(client: PluginTestClient, value: object) -> None:
     await client.write("roles/a", {"role_ids": "r1", "min_remaining_ttl": "5m"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"min_remaining_ttl": value}), "min_remaining_ttl")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"min_remaining_ttl": value}, "min_remaining_ttl")
 
 
 async def test_cache_tokens_flag(client: PluginTestClient) -> None:
     await client.write("roles/a", {"role_ids": "r1", "cache_tokens": "false"})
     assert (await client.read("roles/a")).data["cache_tokens"] is False
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"cache_tokens": "perhaps"}), "cache_tokens")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"cache_tokens": "perhaps"}, "cache_tokens")
 
 
 # ------------------------------------------------------------------------------ ctx rules
@@ -343,10 +342,10 @@ CTX_REFUSALS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS],
-)
+CTX_REFUSAL_PARAMS = [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS]
+
+
+@pytest.mark.parametrize(("data", "field"), CTX_REFUSAL_PARAMS)
 async def test_ctx_rules_refused_on_create(
     client: PluginTestClient, data: dict[str, Any], field: str
 ) -> None:
@@ -354,10 +353,7 @@ async def test_ctx_rules_refused_on_create(
     assert await client.storage.get("roles/a") is None
 
 
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [pytest.param(data, field, id=name) for name, data, field in CTX_REFUSALS],
-)
+@pytest.mark.parametrize(("data", "field"), CTX_REFUSAL_PARAMS)
 async def test_ctx_rules_refused_on_update(
     client: PluginTestClient, data: dict[str, Any], field: str
 ) -> None:
@@ -369,22 +365,16 @@ async def test_ctx_rules_refused_on_update(
             "ctx_template": {"t": "{{identity.entity.name}}"},
         },
     )
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", data), field)
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, data, field)
 
 
 async def test_rules_are_checked_against_the_merged_role(client: PluginTestClient) -> None:
     """An update that only changes ctx_mode is checked with the stored keys."""
     await client.write("roles/a", {"role_ids": "r1", "required_ctx_keys": "purpose"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"ctx_mode": "none"}), "required_ctx_keys")
-    assert await snapshot(client, "a") == before
-    assert_names(
-        await client.write("roles/a", {"ctx_template": {"purpose": "{{identity.entity.id}}"}}),
-        "ctx_template",
+    await assert_refused_unchanged(client, {"ctx_mode": "none"}, "required_ctx_keys")
+    await assert_refused_unchanged(
+        client, {"ctx_template": {"purpose": "{{identity.entity.id}}"}}, "ctx_template"
     )
-    assert await snapshot(client, "a") == before
 
 
 # ------------------------------------------------------------------------------ misc
@@ -394,9 +384,7 @@ async def test_unknown_field_is_refused(client: PluginTestClient) -> None:
     assert_names(await client.write("roles/a", {"role_ids": "r1", "ttl": "1h"}), "ttl")
     assert await client.storage.get("roles/a") is None
     await client.write("roles/a", {"role_ids": "r1"})
-    before = await snapshot(client, "a")
-    assert_names(await client.write("roles/a", {"role_id": "r2"}), "role_id")
-    assert await snapshot(client, "a") == before
+    await assert_refused_unchanged(client, {"role_id": "r2"}, "role_id")
 
 
 async def test_invalid_role_name_is_not_routed(client: PluginTestClient) -> None:

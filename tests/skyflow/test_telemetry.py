@@ -465,22 +465,7 @@ def recorded(**overrides: Any) -> Recorded:
     return Recorded(telemetry, exporter, reader)
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("telemetry-tests")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_emulator(emulator: InProcessEmulator) -> Iterator[None]:
-    emulator.state.reset_faults()
-    emulator.state.reset_stats()
-    yield
-    emulator.state.reset_faults()
+pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
 
 
 @pytest.fixture
@@ -488,12 +473,6 @@ def rec() -> Iterator[Recorded]:
     recording = recorded()
     yield recording
     recording.telemetry.shutdown()
-
-
-@pytest.fixture(params=["direct", "grpc"])
-def kind(request: pytest.FixtureRequest) -> str:
-    value: str = request.param
-    return value
 
 
 @contextlib.asynccontextmanager
@@ -517,6 +496,16 @@ async def configure(client: PluginTestClient, creds: Mapping[str, str]) -> None:
     assert role.status == 200, role.errors
 
 
+@contextlib.asynccontextmanager
+async def configured(
+    kind: str, emulator: InProcessEmulator, telemetry: Telemetry, creds: Mapping[str, str]
+) -> AsyncIterator[PluginTestClient]:
+    """:func:`engine` with the service account and the ``producer`` role written."""
+    async with engine(kind, emulator, telemetry) as client:
+        await configure(client, creds)
+        yield client
+
+
 def headers(**values: str) -> dict[str, pb.Header]:
     return {name.replace("_", "-"): pb.Header(header=[value]) for name, value in values.items()}
 
@@ -535,8 +524,7 @@ def secrets_of(creds: Mapping[str, str], *tokens: str) -> list[str]:
 async def test_spans_for_every_operation(
     kind: str, emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
-    async with engine(kind, emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured(kind, emulator, rec.telemetry, creds) as client:
         assert (await client.read("config")).status == 200
         assert (await client.read("roles/producer")).status == 200
         assert (await client.read("roles/absent")).status == 404
@@ -594,8 +582,7 @@ async def test_spans_for_every_operation(
 async def test_token_spans_and_metrics_miss_then_hit(
     kind: str, emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
-    async with engine(kind, emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured(kind, emulator, rec.telemetry, creds) as client:
         first = await client.read("creds/producer")
         second = await client.read("creds/producer")
     assert first.status == second.status == 200
@@ -637,8 +624,7 @@ async def test_token_spans_and_metrics_miss_then_hit(
 async def test_spans_are_parented_to_an_incoming_traceparent(
     kind: str, emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
-    async with engine(kind, emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured(kind, emulator, rec.telemetry, creds) as client:
         outcome = await client.read(
             "creds/producer",
             headers=headers(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01", tracestate="vendor=value"),
@@ -659,8 +645,7 @@ async def test_spans_are_parented_to_an_incoming_traceparent(
 async def test_sampling_is_parent_based(emulator: InProcessEmulator, creds: dict[str, str]) -> None:
     never = recorded(sample_rate=0.0)
     try:
-        async with engine("direct", emulator, never.telemetry) as client:
-            await configure(client, creds)
+        async with configured("direct", emulator, never.telemetry, creds) as client:
             assert (await client.read("creds/producer")).status == 200
             sampled = headers(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
             assert (await client.read("creds/producer", headers=sampled)).status == 200
@@ -678,8 +663,7 @@ async def test_sampling_is_parent_based(emulator: InProcessEmulator, creds: dict
 async def test_retries_and_upstream_status(
     emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
-    async with engine("grpc", emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured("grpc", emulator, rec.telemetry, creds) as client:
         emulator.state.set_faults(Faults(fail_status=503, fail_count=2))
         assert (await client.read("creds/producer")).status == 200
     token = rec.span("SkyflowPlugin.Token.Generate")
@@ -711,8 +695,7 @@ async def test_token_failures_by_error_type(
     error_type: str,
     upstream: int,
 ) -> None:
-    async with engine("direct", emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured("direct", emulator, rec.telemetry, creds) as client:
         emulator.state.set_faults(faults)
         assert (await client.read("creds/producer")).status == status
     token = rec.span("SkyflowPlugin.Token.Generate")
@@ -767,8 +750,7 @@ async def test_ctx_keys_only_never_values(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret_value = "alice-ssn-078-05-1120"
-    async with engine(kind, emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured(kind, emulator, rec.telemetry, creds) as client:
         with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
             outcome = await client.write(
                 "creds/producer", {"ctx": {"user_id": secret_value, "branch": "nyc"}}
@@ -789,8 +771,7 @@ async def test_application_source_is_a_bounded_label(
 ) -> None:
     capped = recorded(application_max_values=1)
     try:
-        async with engine("grpc", emulator, capped.telemetry) as client:
-            await configure(client, creds)
+        async with configured("grpc", emulator, capped.telemetry, creds) as client:
             for app in ("Claims-Portal", "claims-portal", "billing", "x" * 300):
                 source = headers(Application_Source=app)
                 assert (await client.read("creds/producer", headers=source)).status == 200
@@ -841,8 +822,7 @@ async def test_application_slots_are_per_mount(
 async def test_concurrent_misses_coalesce(
     emulator: InProcessEmulator, creds: dict[str, str], rec: Recorded
 ) -> None:
-    async with engine("direct", emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured("direct", emulator, rec.telemetry, creds) as client:
         emulator.state.set_faults(Faults(latency=0.2))
         outcomes = await asyncio.gather(*(client.read("creds/producer") for _ in range(3)))
     assert [o.status for o in outcomes] == [200, 200, 200]
@@ -861,8 +841,7 @@ async def test_audit_line_per_token_request(
     rec: Recorded,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with engine(kind, emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured(kind, emulator, rec.telemetry, creds) as client:
         with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
             ok = await client.read("creds/producer", entity_id="entity-123")
             missing = await client.read("creds/ghost")
@@ -911,8 +890,7 @@ async def test_cleanup_flushes_batched_spans(
         span_processor=BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000),
     )
     try:
-        async with engine("grpc", emulator, telemetry) as client:
-            await configure(client, creds)
+        async with configured("grpc", emulator, telemetry, creds) as client:
             assert (await client.read("creds/producer")).status == 200
             assert exporter.get_finished_spans() == ()
         # the mount's Cleanup flushed them
@@ -939,8 +917,7 @@ async def test_a_failing_instrument_never_fails_a_request(
     assert metrics is not None
     for name in ("tokens_issued", "token_duration", "upstream_calls", "upstream_duration"):
         monkeypatch.setattr(metrics, name, Broken())
-    async with engine("direct", emulator, rec.telemetry) as client:
-        await configure(client, creds)
+    async with configured("direct", emulator, rec.telemetry, creds) as client:
         assert (await client.read("creds/producer")).status == 200
         assert (await client.read("creds/producer")).status == 200
 

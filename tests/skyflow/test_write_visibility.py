@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
 from skyflow_emulator import InProcessEmulator
@@ -31,6 +30,7 @@ from skyflow_vault_plugin.skyflow.credentials import TokenHosts
 from skyflow_vault_plugin.skyflow.mount import EngineSettings, MountState
 from skyflow_vault_plugin.skyflow.responses import IssuedToken
 from skyflow_vault_plugin.skyflow.storage import ConfigEntry, RoleEntry
+from tests.skyflow.conftest import token_claims
 from vault_plugin_sdk.framework import BackendConfig, Entity, StaticSystemView
 from vault_plugin_sdk.framework.storage import StorageEntry
 from vault_plugin_sdk.testing import DirectDriver, InMemoryStorage, PluginTestClient
@@ -99,21 +99,6 @@ class Mount:
     storage: GatedStorage
 
 
-@pytest.fixture(scope="module")
-def emulator() -> InProcessEmulator:
-    return InProcessEmulator()
-
-
-@pytest.fixture(scope="module")
-def creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("visibility-a")
-
-
-@pytest.fixture(scope="module")
-def other_creds(emulator: InProcessEmulator) -> dict[str, str]:
-    return emulator.create_account("visibility-b")
-
-
 @contextlib.asynccontextmanager
 async def open_mount(
     emulator: InProcessEmulator,
@@ -140,25 +125,11 @@ async def open_mount(
 
 
 def subject(emulator: InProcessEmulator, token: object) -> str:
-    assert isinstance(token, str)
-    claims = jwt.decode(
-        token,
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return str(claims["sub"])
+    return str(token_claims(emulator, token)["sub"])
 
 
 def scope(emulator: InProcessEmulator, token: object) -> list[str]:
-    assert isinstance(token, str)
-    claims = jwt.decode(
-        token,
-        emulator.state.public_key_pem(),
-        algorithms=["RS256"],
-        audience=emulator.base_url,
-    )
-    return list(claims["scope"])
+    return list(token_claims(emulator, token)["scope"])
 
 
 async def stored_role(storage: InMemoryStorage, name: str, role_ids: list[str]) -> None:
@@ -173,38 +144,27 @@ def json_config(creds: dict[str, str], version: int) -> ConfigEntry:
 # ------------------------------------------------------------- loads checked by generation
 
 
-async def test_a_role_deleted_during_its_storage_read_stays_deleted(
-    emulator: InProcessEmulator, creds: dict[str, str]
+@pytest.mark.parametrize(
+    ("key", "refusal"),
+    [("roles/producer", "role 'producer' does not exist"), ("config", "not configured")],
+    ids=["role", "config"],
+)
+async def test_an_object_deleted_during_its_storage_read_stays_deleted(
+    emulator: InProcessEmulator, creds: dict[str, str], key: str, refusal: str
 ) -> None:
     async with open_mount(emulator) as mount:
         await store.save_config(mount.storage, json_config(creds, 1))
         await stored_role(mount.storage, "producer", ["r1"])
-        entered, release = mount.storage.gate("get", "roles/producer")
-        reading = asyncio.create_task(mount.client.read("roles/producer"))
-        await entered.wait()  # the read has the old role on the wire
-        assert (await mount.client.delete("roles/producer")).status == 204
+        entered, release = mount.storage.gate("get", key)
+        reading = asyncio.create_task(mount.client.read(key))
+        await entered.wait()  # the read has the old object on the wire
+        assert (await mount.client.delete(key)).status == 204
         release.set()
         await reading  # overlapped the delete: either answer is fine for it
-        assert (await mount.client.read("roles/producer")).status == 404
-        assert (await mount.client.read("creds/producer")).status == 400
-
-
-async def test_a_config_deleted_during_its_storage_read_stays_deleted(
-    emulator: InProcessEmulator, creds: dict[str, str]
-) -> None:
-    async with open_mount(emulator) as mount:
-        await store.save_config(mount.storage, json_config(creds, 1))
-        await stored_role(mount.storage, "producer", ["r1"])
-        entered, release = mount.storage.gate("get", "config")
-        reading = asyncio.create_task(mount.client.read("config"))
-        await entered.wait()
-        assert (await mount.client.delete("config")).status == 204
-        release.set()
-        await reading
-        assert (await mount.client.read("config")).status == 404
+        assert (await mount.client.read(key)).status == 404
         refused = await mount.client.read("creds/producer")
         assert refused.status == 400
-        assert "not configured" in refused.errors[0]
+        assert refusal in refused.errors[0]
 
 
 async def test_a_role_invalidated_during_its_storage_read_is_reloaded(
