@@ -9,7 +9,9 @@ import json
 import logging
 import sys
 
-from vault_plugin_sdk.plugin.hclog import HclogFormatter, LoopBatchedHandler
+import pytest
+
+from vault_plugin_sdk.plugin.hclog import HclogFormatter, LoopBatchedHandler, configure_logging
 
 SECRET = "sk-" + "7" * 24  # built at run time; stands for a key or token
 
@@ -109,3 +111,34 @@ def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
     assert stamp == "2023-11-14T22:13:20.250000Z"
     record.created = 1_700_000_001.000_007
     assert json.loads(formatter.format(record))["@timestamp"] == "2023-11-14T22:13:21.000007Z"
+
+
+def test_configured_logging_looks_up_no_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line per request must not pay for a stack walk the hclog line never shows."""
+    for switch in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, switch, getattr(logging, switch))  # restored after
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+
+    def walked(*args: object, **kwargs: object) -> tuple[str, int, str, None]:
+        raise AssertionError("the caller's frame was looked up")
+
+    monkeypatch.setattr(logging.Logger, "findCaller", walked)
+    configure_logging("info")
+    stream = io.StringIO()
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    logging.getLogger("sdk.plugin").info("token request", extra={"role": "producer", "n": 2})
+    root.handlers[0].flush()
+    entry = json.loads(stream.getvalue())
+    assert (entry["@message"], entry["role"], entry["n"]) == ("token request", "producer", 2)
+    assert not {"threadName", "processName", "funcName"} & entry.keys()
+
+
+def test_extra_fields_come_sorted_and_private_ones_stay_out() -> None:
+    record = logging.LogRecord("m", logging.INFO, __file__, 1, "msg", (), None)
+    record.__dict__.update({"zeta": 1, "alpha": "a", "_private": "x", "obj": object()})
+    entry = json.loads(HclogFormatter().format(record))
+    extra = [key for key in entry if not key.startswith("@")]
+    assert extra == ["alpha", "obj", "zeta"]
+    assert entry["obj"].startswith("<object object")

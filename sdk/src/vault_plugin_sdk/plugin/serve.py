@@ -54,7 +54,8 @@ def serve(
 
     * ``log_to_host``: send the root logger to stderr as hclog JSON at the level in
       ``PLUGIN_LOG_LEVEL`` (default info), so the host files each record under its level;
-      ``hpack``/``h2`` and the ``quiet_loggers`` are raised to WARNING.
+      ``hpack``/``h2`` and the ``quiet_loggers`` are raised to WARNING, and records stop
+      collecting what the line never shows (caller frame, thread and process names).
     * ``max_closed_streams``: set h2's ``H2Connection.MAX_CLOSED_STREAMS`` (a class attribute),
       when the first broker channel opens (h2 is not imported before).
       h2 remembers up to 2**16 closed streams per connection; the host opens two streams per
