@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from vault_plugin_sdk.framework import (
-    Backend,
-    CodedError,
-    Field,
-    FieldData,
-    FieldType,
-    Operation,
-    OperationHandler,
-    Path,
-    Request,
-    Response,
-    UnsupportedOperation,
-    UnsupportedPath,
-    name_part,
-)
+from vault_plugin_sdk import framework
 from vault_plugin_sdk.framework.help import display_pattern
 from vault_plugin_sdk.testing import InMemoryStorage
 
 
-async def echo(req: Request, data: FieldData) -> Response | None:
-    return Response(data={"name": data.get("name"), "count": data.get("count")})
+async def echo(req: framework.Request, data: framework.FieldData) -> framework.Response | None:
+    return framework.Response(data={"name": data.get("name"), "count": data.get("count")})
 
 
-async def teapot(req: Request, data: FieldData) -> Response | None:
-    raise CodedError(418, "short and stout")
+async def teapot(req: framework.Request, data: framework.FieldData) -> framework.Response | None:
+    raise framework.CodedError(418, "short and stout")
 
 
-async def exists(req: Request, data: FieldData) -> bool:
+async def exists(req: framework.Request, data: framework.FieldData) -> bool:
     return bool(data.get("name") == "present")
 
 
-def make_backend(*, strict: bool = False) -> tuple[Backend, list[str]]:
+def make_backend(*, strict: bool = False) -> tuple[framework.Backend, list[str]]:
     events: list[str] = []
 
     async def on_invalidate(key: str) -> None:
@@ -44,25 +30,28 @@ def make_backend(*, strict: bool = False) -> tuple[Backend, list[str]]:
     async def on_cleanup() -> None:
         events.append("cleanup")
 
-    backend = Backend(
+    backend = framework.Backend(
         help="Test backend.",
         storage=InMemoryStorage(),
         paths=[
-            Path(
-                pattern=f"items/{name_part('name')}",
+            framework.Path(
+                pattern=f"items/{framework.name_part('name')}",
                 fields={
-                    "name": Field(FieldType.NAME, "The item."),
-                    "count": Field(FieldType.INT, "How many.", default=1),
+                    "name": framework.Field(framework.FieldType.NAME, "The item."),
+                    "count": framework.Field(framework.FieldType.INT, "How many.", default=1),
                 },
                 operations={
-                    Operation.READ: OperationHandler(echo, "Read."),
-                    Operation.UPDATE: OperationHandler(echo, "Update."),
+                    framework.Operation.READ: framework.OperationHandler(echo, "Read."),
+                    framework.Operation.UPDATE: framework.OperationHandler(echo, "Update."),
                 },
                 existence_check=exists,
                 help_synopsis="One item.",
                 reject_unknown_fields=strict,
             ),
-            Path(pattern="teapot", operations={Operation.READ: OperationHandler(teapot, "Brew.")}),
+            framework.Path(
+                pattern="teapot",
+                operations={framework.Operation.READ: framework.OperationHandler(teapot, "Brew.")},
+            ),
         ],
         invalidate=on_invalidate,
         cleanup=on_cleanup,
@@ -70,8 +59,10 @@ def make_backend(*, strict: bool = False) -> tuple[Backend, list[str]]:
     return backend, events
 
 
-def request(op: str, path: str, data: dict[str, object] | None = None) -> Request:
-    return Request(operation=op, path=path, storage=InMemoryStorage(), data=dict(data or {}))
+def request(op: str, path: str, data: dict[str, object] | None = None) -> framework.Request:
+    return framework.Request(
+        operation=op, path=path, storage=InMemoryStorage(), data=dict(data or {})
+    )
 
 
 async def test_routes_by_pattern_and_fills_named_parts_and_defaults() -> None:
@@ -127,17 +118,17 @@ async def test_unknown_field_names_the_closest_known_field() -> None:
 
 async def test_unknown_path_and_operation() -> None:
     backend, _ = make_backend()
-    with pytest.raises(UnsupportedPath):
+    with pytest.raises(framework.UnsupportedPath):
         await backend.handle_request(request("read", "nothing/here"))
-    with pytest.raises(UnsupportedOperation):
+    with pytest.raises(framework.UnsupportedOperation):
         await backend.handle_request(request("delete", "items/w"))
-    with pytest.raises(UnsupportedOperation):
+    with pytest.raises(framework.UnsupportedOperation):
         await backend.handle_request(request("resolve-path", "items/w"))
 
 
 async def test_coded_errors_propagate_with_their_status() -> None:
     backend, _ = make_backend()
-    with pytest.raises(CodedError) as info:
+    with pytest.raises(framework.CodedError) as info:
         await backend.handle_request(request("read", "teapot"))
     assert info.value.status == 418
 
@@ -184,16 +175,16 @@ async def test_hooks_and_idempotent_cleanup() -> None:
 
 def test_pattern_groups_must_have_fields() -> None:
     with pytest.raises(ValueError, match="has no field"):
-        Path(pattern=f"x/{name_part('name')}", operations={})
+        framework.Path(pattern=f"x/{framework.name_part('name')}", operations={})
 
 
 def test_display_pattern() -> None:
-    assert display_pattern(f"roles/{name_part('name')}") == "roles/<name>"
+    assert display_pattern(f"roles/{framework.name_part('name')}") == "roles/<name>"
     assert display_pattern("roles/?") == "roles/"
 
 
 def test_response_with_status_carries_a_raw_body() -> None:
-    wire = Response(data={"healthy": False}, status=503).wire_data()
+    wire = framework.Response(data={"healthy": False}, status=503).wire_data()
     assert wire["http_status_code"] == 503
     assert '"healthy": false' in wire["http_raw_body"]
 
@@ -201,12 +192,12 @@ def test_response_with_status_carries_a_raw_body() -> None:
 def test_error_responses_follow_the_hosts_rule() -> None:
     # The host answers 400 only for data holding `error` alone or `error` and `data`
     # (logical.ErrorResponse); any other key next to `error` is an ordinary 200 reply.
-    assert Response.error("bad").data == {"error": "bad"}
-    detailed = Response.error("bad", data={"field": "ttl"})
+    assert framework.Response.error("bad").data == {"error": "bad"}
+    detailed = framework.Response.error("bad", data={"field": "ttl"})
     assert detailed.data == {"error": "bad", "data": {"field": "ttl"}}
     assert detailed.is_error
-    assert not Response(data={"error": "bad", "field": "ttl"}).is_error
-    assert not Response(data={"error": "bad"}, status=503).is_error
+    assert not framework.Response(data={"error": "bad", "field": "ttl"}).is_error
+    assert not framework.Response(data={"error": "bad"}, status=503).is_error
 
 
 async def test_help_carries_openapi_for_the_mount_and_for_one_path() -> None:

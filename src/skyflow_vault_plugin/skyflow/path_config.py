@@ -14,18 +14,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from vault_plugin_sdk.framework import (
-    CodedError,
-    Field,
-    FieldData,
-    FieldError,
-    FieldType,
-    Operation,
-    OperationHandler,
-    Path,
-    Request,
-    Response,
-)
+from vault_plugin_sdk import framework
 
 from . import storage as store
 from .errors import InvalidInput, SkyflowRejected, SkyflowUntrusted, UpstreamError
@@ -39,33 +28,35 @@ MAX_DESCRIPTION = 1024
 _FILE_NAME = re.compile(r"[\w./~-]{1,255}")
 
 CONFIG_FIELDS = {
-    "credentials_json": Field(
-        FieldType.STRING_OR_MAP,
+    "credentials_json": framework.Field(
+        framework.FieldType.STRING_OR_MAP,
         "The service account's credentials JSON as Skyflow issues it (clientID, keyID, "
         "tokenURI, privateKey; camelCase or snake_case keys), as text or as an object. "
         "Stored encrypted by Vault (seal-wrapped as well on Vault Enterprise only); never "
         "returned. Exclusive with credentials_file_path.",
         max_length=65536,
     ),
-    "credentials_file_path": Field(
-        FieldType.STRING,
+    "credentials_file_path": framework.Field(
+        framework.FieldType.STRING,
         "Absolute path of a credentials JSON file readable by the server, read when used. "
         "Only under <SKYFLOW_CREDENTIALS_DIR>/<mount path>/, and only when the operator set "
         "that variable. Every HA node needs the file, and the key is then outside Vault's "
         "encrypted storage. Exclusive with credentials_json.",
         max_length=4096,
     ),
-    "description": Field(
-        FieldType.STRING, "Free text describing this mount's account.", max_length=MAX_DESCRIPTION
+    "description": framework.Field(
+        framework.FieldType.STRING,
+        "Free text describing this mount's account.",
+        max_length=MAX_DESCRIPTION,
     ),
-    "tags": Field(
-        FieldType.COMMA_STRING_LIST,
+    "tags": framework.Field(
+        framework.FieldType.COMMA_STRING_LIST,
         "Labels for operators (comma list).",
         default=[],
         validator=validate_tags,
     ),
-    "validate_credentials": Field(
-        FieldType.BOOL,
+    "validate_credentials": framework.Field(
+        framework.FieldType.BOOL,
         "Exchange the credentials for a token once before saving; a failure refuses the write "
         "and leaves the previous config in place.",
         default=True,
@@ -91,31 +82,37 @@ def _public_view(config: ConfigEntry) -> dict[str, Any]:
     return view
 
 
-async def _exists(b: MountState, req: Request, data: FieldData) -> bool:
+async def _exists(b: MountState, req: framework.Request, data: framework.FieldData) -> bool:
     return await b.get_config() is not None
 
 
-async def _read(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _read(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     config = await b.get_config()
-    return Response(data=_public_view(config)) if config else None
+    return framework.Response(data=_public_view(config)) if config else None
 
 
-async def _write(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _write(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     # Read-modify-write: two writes must not both start from version N.
     async with b.locks.hold(store.CONFIG_KEY):
         return await _update(b, req, data)
 
 
-async def _update(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _update(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     current = await b.get_config()
     json_value, has_json = data.get_ok("credentials_json")
     path_value, has_path = data.get_ok("credentials_file_path")
     if has_json and has_path:
-        raise FieldError(
+        raise framework.FieldError(
             "credentials_json", "give either credentials_json or credentials_file_path, not both"
         )
     if current is None and not (has_json or has_path):
-        raise FieldError(
+        raise framework.FieldError(
             "credentials_json", "one of credentials_json or credentials_file_path is required"
         )
     try:
@@ -134,7 +131,7 @@ async def _update(b: MountState, req: Request, data: FieldData) -> Response | No
             updated = replace(current)
     except InvalidInput as exc:
         if has_json and isinstance(json_value, str) and _looks_like_file_name(json_value):
-            raise FieldError(
+            raise framework.FieldError(
                 exc.field,
                 f"{exc.message}; '{json_value}' looks like a file name: to send the file's "
                 f"contents write credentials_json=@{json_value} (with the @), or use "
@@ -165,7 +162,7 @@ async def _update(b: MountState, req: Request, data: FieldData) -> Response | No
             # The previous config stays in place: nothing has been written yet.
             # The error's own text already says "Skyflow rejected the token request (HTTP
             # ..., request id ...): <Skyflow's message>"; add only what it cannot know.
-            raise FieldError(
+            raise framework.FieldError(
                 source,
                 f"{exc}; nothing was saved and the previous config stays in place. Check "
                 "that this key (keyID) is active for the service account in Skyflow, and quote "
@@ -173,9 +170,9 @@ async def _update(b: MountState, req: Request, data: FieldData) -> Response | No
             ) from None
         except SkyflowUntrusted as exc:
             # Neither a retry nor skipping validation fixes trust: the text names the fix.
-            raise CodedError(503, f"could not validate the credentials: {exc}") from None
+            raise framework.CodedError(503, f"could not validate the credentials: {exc}") from None
         except UpstreamError as exc:
-            raise CodedError(
+            raise framework.CodedError(
                 503,
                 f"could not validate the credentials, Skyflow is unavailable: {exc} "
                 "(retry, or write with validate_credentials=false)",
@@ -196,7 +193,7 @@ async def _update(b: MountState, req: Request, data: FieldData) -> Response | No
             "credentials_file_path: the key stays on disk, outside Vault's encrypted storage; "
             "every HA node needs the file at this path"
         )
-    return Response(data=_public_view(updated), warnings=warnings)
+    return framework.Response(data=_public_view(updated), warnings=warnings)
 
 
 def _looks_like_file_name(value: str) -> bool:
@@ -212,33 +209,37 @@ def _base(current: ConfigEntry | None, *, credentials_type: str) -> ConfigEntry:
     return replace(current, credentials_type=credentials_type)
 
 
-async def _delete(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _delete(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     async with b.locks.hold(store.CONFIG_KEY):
         await b.storage.delete(store.CONFIG_KEY)
         b.set_config(None, None)
     return None
 
 
-def config_paths(b: MountState) -> list[Path]:
+def config_paths(b: MountState) -> list[framework.Path]:
     """The ``config`` path."""
     traced = b.telemetry.instrument
     write = traced(CONFIG_WRITE, partial(_write, b))
     return [
-        Path(
+        framework.Path(
             pattern="config",
             fields=CONFIG_FIELDS,
             existence_check=partial(_exists, b),
             reject_unknown_fields=True,
             operations={
-                Operation.READ: OperationHandler(
+                framework.Operation.READ: framework.OperationHandler(
                     traced(CONFIG_READ, partial(_read, b)), "Read the config (never the key)."
                 ),
-                Operation.CREATE: OperationHandler(write, "Configure the service account."),
-                Operation.UPDATE: OperationHandler(
+                framework.Operation.CREATE: framework.OperationHandler(
+                    write, "Configure the service account."
+                ),
+                framework.Operation.UPDATE: framework.OperationHandler(
                     write,
                     "Update the config; fields not given keep their value.",
                 ),
-                Operation.DELETE: OperationHandler(
+                framework.Operation.DELETE: framework.OperationHandler(
                     traced(CONFIG_DELETE, partial(_delete, b)),
                     "Delete the config and forget every token.",
                 ),

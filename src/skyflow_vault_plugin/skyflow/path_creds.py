@@ -12,18 +12,7 @@ import time
 from functools import lru_cache, partial
 from typing import Any
 
-from vault_plugin_sdk.framework import (
-    BadRequest,
-    Field,
-    FieldData,
-    FieldType,
-    Operation,
-    OperationHandler,
-    Path,
-    Request,
-    Response,
-    name_part,
-)
+from vault_plugin_sdk import framework
 
 from .ctx import canonical_ctx
 from .ctx_policy import CtxPolicy, Identity, resolve_ctx
@@ -37,9 +26,11 @@ from .telemetry import TOKEN_GENERATE, note_cache, note_ctx, note_error
 
 CREDS_FIELDS = {
     # As long as a role name may be: a longer one cannot exist, and must not cost memory.
-    "name": Field(FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH),
-    "ctx": Field(
-        FieldType.STRING_OR_MAP,
+    "name": framework.Field(
+        framework.FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH
+    ),
+    "ctx": framework.Field(
+        framework.FieldType.STRING_OR_MAP,
         "Context for Skyflow's context-aware policies: a string, or a JSON object whose keys "
         "match ^[a-zA-Z0-9_]+$ and become request.context.<key> in Skyflow. From the CLI send "
         'an object as JSON text: ctx=\'{"user_id":"u1"}\'. The role\'s ctx_mode, '
@@ -75,7 +66,7 @@ def _policy(role: RoleEntry) -> CtxPolicy:
     )
 
 
-async def _identity(b: MountState, req: Request) -> Identity:
+async def _identity(b: MountState, req: framework.Request) -> Identity:
     if not req.entity_id:
         return Identity(entity=None)
     entity = await b.system_view.entity_info(req.entity_id)
@@ -83,7 +74,9 @@ async def _identity(b: MountState, req: Request) -> Identity:
     return Identity(entity=entity, groups=tuple(groups))
 
 
-async def _issue(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _issue(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     name: str = data.get("name")
     # Taken before any await: a write that lands while this read waits must not let a
     # token minted from what the read loaded be stored as current.
@@ -94,14 +87,16 @@ async def _issue(b: MountState, req: Request, data: FieldData) -> Response | Non
         # database "unknown role"): the CLI drops the body of a 404 on read and prints only
         # "No value found", hiding the reason. A read of roles/<name> stays a 404.
         note_error("not_found")
-        raise BadRequest(
+        raise framework.BadRequest(
             f"role {name!r} does not exist; this mount's roles are listed at "
             f"{req.mount_point.rstrip('/')}/roles/"
         )
     config = await b.get_config()
     if config is None:
         note_error("not_configured")
-        raise BadRequest("this mount is not configured: write its service account to config")
+        raise framework.BadRequest(
+            "this mount is not configured: write its service account to config"
+        )
     try:
         ctx = await resolve_ctx(_policy(role), data.get("ctx"), partial(_identity, b, req))
         note_ctx(ctx)
@@ -112,7 +107,7 @@ async def _issue(b: MountState, req: Request, data: FieldData) -> Response | Non
         cached = b.cache.get(key, min_remaining=role.min_remaining_ttl)
         if cached is not None:
             note_cache("hit")
-            return Response(data=token_data(cached))
+            return framework.Response(data=token_data(cached))
 
     async def mint() -> IssuedToken:
         account = await b.account(config, req.mount_point)
@@ -136,7 +131,7 @@ async def _issue(b: MountState, req: Request, data: FieldData) -> Response | Non
         if stale is None:
             raise to_logical(exc) from None
         note_cache("stale")
-        response = Response(data=token_data(stale))
+        response = framework.Response(data=token_data(stale))
         response.add_warning(
             "Skyflow is unavailable; returning a cached token that is still valid but below "
             "the role's min_remaining_ttl"
@@ -144,20 +139,22 @@ async def _issue(b: MountState, req: Request, data: FieldData) -> Response | Non
         return response
     except (InvalidInput, UpstreamError) as exc:
         raise to_logical(exc) from None
-    return Response(data=token_data(token))
+    return framework.Response(data=token_data(token))
 
 
-def creds_paths(b: MountState) -> list[Path]:
+def creds_paths(b: MountState) -> list[framework.Path]:
     """The ``creds/<name>`` path."""
     handler = b.telemetry.instrument(TOKEN_GENERATE, partial(_issue, b))
     return [
-        Path(
-            pattern=f"creds/{name_part('name')}",
+        framework.Path(
+            pattern=f"creds/{framework.name_part('name')}",
             fields=CREDS_FIELDS,
             reject_unknown_fields=True,
             operations={
-                Operation.READ: OperationHandler(handler, "Get a token for the role."),
-                Operation.UPDATE: OperationHandler(
+                framework.Operation.READ: framework.OperationHandler(
+                    handler, "Get a token for the role."
+                ),
+                framework.Operation.UPDATE: framework.OperationHandler(
                     handler, "Get a token for the role, with ctx in the body."
                 ),
             },

@@ -19,16 +19,7 @@ import time
 from functools import partial
 from typing import Any
 
-from vault_plugin_sdk.framework import (
-    Field,
-    FieldData,
-    FieldType,
-    Operation,
-    OperationHandler,
-    Path,
-    Request,
-    Response,
-)
+from vault_plugin_sdk import framework
 
 from .errors import SkyflowError, SkyflowRejected
 from .mount import HEALTH_CACHE_KEY, PLUGIN_VERSION, MountState
@@ -48,8 +39,8 @@ def _status_code(value: int) -> None:
 
 
 HEALTH_FIELDS = {
-    "unhealthy_code": Field(
-        FieldType.INT,
+    "unhealthy_code": framework.Field(
+        framework.FieldType.INT,
         "HTTP status answered when a check fails (as sys/health's sealedcode, standbycode...): "
         "e.g. 200 to read the full body with the CLI, or 429 for a load balancer that treats "
         "503 specially.",
@@ -70,7 +61,9 @@ def _check(ok: bool, message: str, **details: Any) -> dict[str, Any]:
     return {"ok": ok, "message": message, **details}
 
 
-async def _health(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _health(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     checks: dict[str, dict[str, Any]] = {}
     # What an operator does about a failed check, when its message does not say it already.
     fixes: dict[str, str] = {}
@@ -145,22 +138,22 @@ async def _health(b: MountState, req: Request, data: FieldData) -> Response | No
         "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if healthy:
-        return Response(data=body, status=200)
+        return framework.Response(data=body, status=200)
     code: int = data.get("unhealthy_code")
     if code >= 400:
         # The CLI (Vault's API client) shows only "errors" for a non-2xx answer.
-        return Response(data=body, status=code, errors=reasons)
-    return Response(data=body, status=code, warnings=reasons)
+        return framework.Response(data=body, status=code, errors=reasons)
+    return framework.Response(data=body, status=code, warnings=reasons)
 
 
-def health_paths(b: MountState) -> list[Path]:
+def health_paths(b: MountState) -> list[framework.Path]:
     """The ``health`` path."""
     return [
-        Path(
+        framework.Path(
             pattern="health",
             fields=HEALTH_FIELDS,
             operations={
-                Operation.READ: OperationHandler(
+                framework.Operation.READ: framework.OperationHandler(
                     b.telemetry.instrument(HEALTH_CHECK, partial(_health, b)),
                     "Check storage, config and Skyflow.",
                 )

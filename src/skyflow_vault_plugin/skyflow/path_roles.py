@@ -13,18 +13,7 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any
 
-from vault_plugin_sdk.framework import (
-    Field,
-    FieldData,
-    FieldError,
-    FieldType,
-    Operation,
-    OperationHandler,
-    Path,
-    Request,
-    Response,
-    name_part,
-)
+from vault_plugin_sdk import framework
 
 from . import storage as store
 from .ctx import CTX_KEY
@@ -117,54 +106,58 @@ def validate_ctx_template(template: dict[str, Any]) -> None:
 
 
 ROLE_FIELDS = {
-    "name": Field(FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH),
-    "role_ids": Field(
-        FieldType.COMMA_STRING_LIST,
+    "name": framework.Field(
+        framework.FieldType.NAME, "Name of the role.", max_length=MAX_NAME_LENGTH
+    ),
+    "role_ids": framework.Field(
+        framework.FieldType.COMMA_STRING_LIST,
         f"Skyflow role IDs the token is scoped to (comma list or JSON list, 1-{MAX_ROLE_IDS}).",
         required=True,
         validator=validate_role_ids,
     ),
-    "description": Field(FieldType.STRING, "Free text describing the role.", max_length=1024),
-    "tags": Field(
-        FieldType.COMMA_STRING_LIST,
+    "description": framework.Field(
+        framework.FieldType.STRING, "Free text describing the role.", max_length=1024
+    ),
+    "tags": framework.Field(
+        framework.FieldType.COMMA_STRING_LIST,
         "Labels for operators (comma list).",
         default=[],
         validator=validate_tags,
     ),
-    "min_remaining_ttl": Field(
-        FieldType.DURATION,
+    "min_remaining_ttl": framework.Field(
+        framework.FieldType.DURATION,
         "A cached token is served again only while it stays valid at least this long "
         "(seconds or a duration such as '10m'); below it a new token is minted. Must be "
         "less than the 60-minute token lifetime.",
         default=600,
         validator=validate_min_remaining_ttl,
     ),
-    "cache_tokens": Field(
-        FieldType.BOOL,
+    "cache_tokens": framework.Field(
+        framework.FieldType.BOOL,
         "Reuse tokens across reads. Off: every read mints a new token from Skyflow.",
         default=True,
     ),
-    "ctx_mode": Field(
-        FieldType.STRING,
+    "ctx_mode": framework.Field(
+        framework.FieldType.STRING,
         "What ctx a caller may send: 'free' (any string or map), 'restricted' (a map with "
         "allowed_ctx_keys only) or 'none' (no ctx).",
         default="free",
         allowed_values=CTX_MODES,
     ),
-    "allowed_ctx_keys": Field(
-        FieldType.COMMA_STRING_LIST,
+    "allowed_ctx_keys": framework.Field(
+        framework.FieldType.COMMA_STRING_LIST,
         "With ctx_mode=restricted, the map keys a caller may send.",
         default=[],
         validator=validate_ctx_keys,
     ),
-    "required_ctx_keys": Field(
-        FieldType.COMMA_STRING_LIST,
+    "required_ctx_keys": framework.Field(
+        framework.FieldType.COMMA_STRING_LIST,
         "Map keys a caller must send.",
         default=[],
         validator=validate_ctx_keys,
     ),
-    "ctx_template": Field(
-        FieldType.MAP,
+    "ctx_template": framework.Field(
+        framework.FieldType.MAP,
         "ctx keys filled from the caller's Vault identity, e.g. "
         '{"user": "{{identity.entity.metadata.employee_id}}"}; callers cannot override them. '
         "Placeholders: identity.entity.id, identity.entity.name, "
@@ -184,16 +177,20 @@ def _public_view(role: RoleEntry) -> dict[str, Any]:
     return view
 
 
-async def _exists(b: MountState, req: Request, data: FieldData) -> bool:
+async def _exists(b: MountState, req: framework.Request, data: framework.FieldData) -> bool:
     return await b.get_role(data.get("name")) is not None
 
 
-async def _read(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _read(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     role = await b.get_role(data.get("name"))
-    return Response(data=_public_view(role)) if role else None
+    return framework.Response(data=_public_view(role)) if role else None
 
 
-async def _write(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _write(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     name = data.get("name")
     # Read-modify-write: a concurrent update of the role must not start from the same
     # entry and lose this one's fields.
@@ -201,7 +198,7 @@ async def _write(b: MountState, req: Request, data: FieldData) -> Response | Non
         return await _update(b, name, data)
 
 
-async def _update(b: MountState, name: str, data: FieldData) -> Response | None:
+async def _update(b: MountState, name: str, data: framework.FieldData) -> framework.Response | None:
     current = await b.get_role(name)
     if current is None:
         data.require("role_ids")
@@ -215,7 +212,7 @@ async def _update(b: MountState, name: str, data: FieldData) -> Response | None:
     role.updated_at = utc_now()
     await store.save_role(b.storage, role)
     b.set_role(name, role)
-    return Response(data=_public_view(role))
+    return framework.Response(data=_public_view(role))
 
 
 def _check_ctx_rules(role: RoleEntry) -> None:
@@ -223,17 +220,21 @@ def _check_ctx_rules(role: RoleEntry) -> None:
     templated = set(role.ctx_template)
     if role.ctx_mode == "restricted" and not required <= allowed:
         missing = sorted(required - allowed)[0]
-        raise FieldError("required_ctx_keys", f"key {missing!r} is not in allowed_ctx_keys")
+        raise framework.FieldError(
+            "required_ctx_keys", f"key {missing!r} is not in allowed_ctx_keys"
+        )
     if role.ctx_mode == "none" and required:
-        raise FieldError("required_ctx_keys", "must be empty when ctx_mode is 'none'")
+        raise framework.FieldError("required_ctx_keys", "must be empty when ctx_mode is 'none'")
     if templated & (allowed | required):
         clash = sorted(templated & (allowed | required))[0]
-        raise FieldError(
+        raise framework.FieldError(
             "ctx_template", f"key {clash!r} is templated and cannot also be sent by callers"
         )
 
 
-async def _delete(b: MountState, req: Request, data: FieldData) -> Response | None:
+async def _delete(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
     name = data.get("name")
     async with b.locks.hold(store.ROLE_PREFIX + name):
         await b.storage.delete(store.ROLE_PREFIX + name)
@@ -241,38 +242,40 @@ async def _delete(b: MountState, req: Request, data: FieldData) -> Response | No
     return None
 
 
-async def _list(b: MountState, req: Request, data: FieldData) -> Response | None:
-    return Response.list(await b.storage.list(store.ROLE_PREFIX))
+async def _list(
+    b: MountState, req: framework.Request, data: framework.FieldData
+) -> framework.Response | None:
+    return framework.Response.list(await b.storage.list(store.ROLE_PREFIX))
 
 
-def role_paths(b: MountState) -> list[Path]:
+def role_paths(b: MountState) -> list[framework.Path]:
     """The ``roles/`` and ``roles/<name>`` paths."""
     traced = b.telemetry.instrument
     write = traced(ROLE_WRITE, partial(_write, b))
     return [
-        Path(
+        framework.Path(
             pattern="roles/?",
             operations={
-                Operation.LIST: OperationHandler(
+                framework.Operation.LIST: framework.OperationHandler(
                     traced(ROLE_LIST, partial(_list, b)), "List the roles."
                 )
             },
             help_synopsis="List the roles of this mount.",
         ),
-        Path(
-            pattern=f"roles/{name_part('name')}",
+        framework.Path(
+            pattern=f"roles/{framework.name_part('name')}",
             fields=ROLE_FIELDS,
             existence_check=partial(_exists, b),
             reject_unknown_fields=True,
             operations={
-                Operation.READ: OperationHandler(
+                framework.Operation.READ: framework.OperationHandler(
                     traced(ROLE_READ, partial(_read, b)), "Read a role."
                 ),
-                Operation.CREATE: OperationHandler(write, "Create a role."),
-                Operation.UPDATE: OperationHandler(
+                framework.Operation.CREATE: framework.OperationHandler(write, "Create a role."),
+                framework.Operation.UPDATE: framework.OperationHandler(
                     write, "Update a role; fields not given keep their value."
                 ),
-                Operation.DELETE: OperationHandler(
+                framework.Operation.DELETE: framework.OperationHandler(
                     traced(ROLE_DELETE, partial(_delete, b)), "Delete a role and forget its tokens."
                 ),
             },
