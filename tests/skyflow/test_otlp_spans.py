@@ -155,3 +155,25 @@ def test_the_request_size_limit_still_applies(receiver: tuple[str, list[bytes]])
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
     assert bodies == []
+
+
+def _typed_twins(provider: TracerProvider) -> None:
+    tracer = provider.get_tracer("t")
+    # Equal and equally hashed in Python (True == 1 == 1.0), but three different OTLP values;
+    # and a list, which cannot be a memo key.
+    for value in (True, 1, 1.0, True):
+        tracer.start_span("x", attributes={"skyflow.found": value}).end()
+    tracer.start_span("y", attributes={"listed": ["a", "b"]}).end()
+
+
+def test_remembered_attribute_sets_keep_their_types() -> None:
+    spans = _record(_typed_twins)
+    assert encode_spans_request(spans) == encode_spans(spans).SerializeToString()
+    values = [
+        span.attributes[0].value.WhichOneof("value")
+        for span in ExportTraceServiceRequest.FromString(encode_spans_request(spans))
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+    ]
+    assert values == ["bool_value", "int_value", "double_value", "bool_value", "array_value"]

@@ -5,8 +5,8 @@ the OTLP library builds one protobuf object per span, per attribute and per valu
 several Python calls each, and hashes the span's ``Resource`` (a JSON dump of its
 attributes) once per span to group them. Our spans are small and alike, so
 :func:`encode_spans_request` writes the wire format directly: the resource and scope are
-encoded once per batch, and each ``key=value`` attribute once per process (they repeat:
-mount, role, outcome, cache) in a bounded memo.
+encoded once per batch, and each set of attributes and each ``key=value`` attribute once per
+process (they repeat: mount, role, outcome, cache) in bounded memos.
 
 The bytes parse to the same ``ExportTraceServiceRequest`` as the library's
 ``encode_spans(spans)`` (tests/skyflow/test_otlp_spans.py compares them field by field).
@@ -40,6 +40,7 @@ _FLAGS_HAS_IS_REMOTE = 0x100
 _FLAGS_IS_REMOTE = 0x200
 _MEMO_LIMIT = 4096
 _MEMO_VALUE_CHARS = 256  # long values (request ids, say) rarely repeat: not remembered
+_SET_MEMO_LIMIT = 1024
 
 
 class Unsupported(Exception):
@@ -106,10 +107,27 @@ class _AttributeMemo:
     def __init__(self, field: int) -> None:
         self._field = field
         self._memo: dict[tuple[str, type, object], bytes] = {}
+        # Whole attribute sets, which repeat even more (a cache hit's span has the same
+        # attributes as the previous one's): one lookup instead of one per attribute.
+        self._sets: dict[tuple[tuple[Any, ...], tuple[type, ...]], bytes] = {}
 
     def encode(self, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
             return b""
+        # The types are part of the key: True == 1 == 1.0, but they encode differently.
+        key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
+        try:
+            encoded = self._sets.get(key)
+        except TypeError:  # an unhashable value (a list): attribute by attribute
+            return self._encode(attributes)
+        if encoded is None:
+            encoded = self._encode(attributes)
+            if len(self._sets) >= _SET_MEMO_LIMIT:
+                self._sets.clear()
+            self._sets[key] = encoded
+        return encoded
+
+    def _encode(self, attributes: Mapping[str, Any]) -> bytes:
         memo, parts = self._memo, []
         for key, value in attributes.items():
             kind = type(value)
