@@ -174,6 +174,44 @@ def test_verify_names_a_changed_or_missing_file(tmp_path: Path) -> None:
         launcher.Pinned({**manifest, "format": 99})
 
 
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_verify_reports_the_first_difference_in_manifest_order(
+    tmp_path: Path, workers: int
+) -> None:
+    """Workers hash in any order; what the operator reads must not depend on it."""
+    blob = importlib.util.MAGIC_NUMBER + b"code"
+    (tmp_path / "bc").write_bytes(blob)
+    names = [f"m{i:02d}.txt" for i in range(24)]
+    for name in names:
+        (tmp_path / name).write_text(name)
+    manifest = {
+        "format": launcher.FORMAT,
+        "entry": "m:main",
+        "magic": importlib.util.MAGIC_NUMBER.hex(),
+        "path": [str(tmp_path)],
+        "bytecode": {"file": str(tmp_path / "bc"), "sha256": hashlib.sha256(blob).hexdigest()},
+        "files": [[0, name, hashlib.sha256(name.encode()).hexdigest(), None] for name in names],
+    }
+    files, size, fd = launcher.verify(launcher.Pinned(manifest), workers=workers)
+    os.close(fd)
+    assert (files, size) == (25, sum(len(name) for name in names) + len(blob))
+
+    (tmp_path / "m17.txt").write_text("changed")
+    (tmp_path / "m05.txt").unlink()
+    (tmp_path / "m21.txt").write_text("changed too")
+    for _ in range(5):
+        with pytest.raises(launcher.IntegrityError, match=r"m05\.txt is missing"):
+            launcher.verify(launcher.Pinned(manifest), workers=workers)
+    (tmp_path / "m05.txt").write_text("m05.txt")
+    with pytest.raises(launcher.IntegrityError, match=r"m17\.txt changed since"):
+        launcher.verify(launcher.Pinned(manifest), workers=workers)
+    (tmp_path / "m17.txt").write_text("m17.txt")
+    (tmp_path / "m21.txt").write_text("m21.txt")
+    (tmp_path / "bc").write_bytes(blob + b"!")
+    with pytest.raises(launcher.IntegrityError, match=r"bc changed since it was installed"):
+        launcher.verify(launcher.Pinned(manifest), workers=workers)
+
+
 # -- installed launchers --------------------------------------------------------------------------
 
 

@@ -204,8 +204,13 @@ class Pinned:
                 self.code[path] = (int(offset), int(length), str(code_digest))
 
 
-def verify(pinned: Pinned) -> tuple[int, int, int]:
+def verify(pinned: Pinned, workers: int = 2) -> tuple[int, int, int]:
     """Hash every pinned file and the byte-code file.
+
+    ``workers`` threads share the files, largest kinds first: reading and hashing release
+    the GIL, so on a machine with a second core the check takes about half as long (it reads
+    and hashes some 50 MB before the plugin may start). The first difference is reported in
+    the manifest's order, whichever thread found it.
 
     Returns ``(files, bytes, fd)``: how much was checked, and a descriptor open on the
     byte-code file that was checked (modules are read from it, so replacing the file by a new
@@ -215,34 +220,73 @@ def verify(pinned: Pinned) -> tuple[int, int, int]:
         IntegrityError: naming the first file that is missing or differs.
     """
     import hashlib
+    import threading
     from importlib.machinery import EXTENSION_SUFFIXES
 
     native = tuple(EXTENSION_SUFFIXES)
-    count = size = 0
-    for path, expected in pinned.files.items():
-        if path.endswith(native):
-            data = _checked(read_file, path)
-            found, length = hashlib.sha256(data).hexdigest(), len(data)
-            pinned.native[path] = data
-        else:
-            found, length = _checked(hash_file, path)
-        if found != expected:
-            raise IntegrityError(
-                f"{path} changed since it was installed "
-                f"(sha256 {found[:16]}..., installed {expected[:16]}...)"
-            )
-        count += 1
-        size += length
+    items = list(pinned.files.items())
+    found: dict[str, tuple[str, int] | IntegrityError] = {}
     try:
-        fd = os.open(pinned.bytecode, os.O_RDONLY | os.O_CLOEXEC)
+        fd: int | None = os.open(pinned.bytecode, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise IntegrityError(f"{pinned.bytecode} is missing (install writes it)") from None
-    found, length = hash_fd(fd)
-    magic = os.pread(fd, len(pinned.magic), 0)
-    if found != pinned.bytecode_sha256 or magic != pinned.magic:
-        os.close(fd)
-        raise IntegrityError(f"{pinned.bytecode} changed since it was installed")
+        fd = None
+    # The largest first (the byte-code file, then native libraries), so that they spread
+    # over the workers.
+    jobs = [pinned.bytecode] if fd is not None else []
+    jobs += sorted((path for path, _ in items), key=lambda path: not path.endswith(native))
+    queue = iter(jobs)
+
+    def work() -> None:
+        for path in queue:  # next() on a list iterator is atomic under the GIL
+            try:
+                if path == pinned.bytecode and fd is not None:
+                    found[path] = _checked(lambda _: hash_fd(fd), path)
+                elif path.endswith(native):
+                    data = _checked(read_file, path)
+                    found[path] = (hashlib.sha256(data).hexdigest(), len(data))
+                    pinned.native[path] = data
+                else:
+                    found[path] = _checked(hash_file, path)
+            except IntegrityError as exc:
+                found[path] = exc
+
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(workers - 1)]
+    for helper in helpers:
+        helper.start()
+    work()
+    for helper in helpers:
+        helper.join()
+    try:
+        count = size = 0
+        for path, expected in items:
+            digest, length = _result(found, path)
+            if digest != expected:
+                raise IntegrityError(
+                    f"{path} changed since it was installed "
+                    f"(sha256 {digest[:16]}..., installed {expected[:16]}...)"
+                )
+            count += 1
+            size += length
+        if fd is None:
+            raise IntegrityError(f"{pinned.bytecode} is missing (install writes it)")
+        digest, length = _result(found, pinned.bytecode)
+        if digest != pinned.bytecode_sha256 or os.pread(fd, len(pinned.magic), 0) != pinned.magic:
+            raise IntegrityError(f"{pinned.bytecode} changed since it was installed")
+    except IntegrityError:
+        if fd is not None:
+            os.close(fd)
+        raise
     return count + 1, size + length, fd
+
+
+def _result(found: Mapping[str, tuple[str, int] | IntegrityError], path: str) -> tuple[str, int]:
+    """What a worker of :func:`verify` found for ``path``: its hash and size, or its error."""
+    result = found.get(path)
+    if result is None:  # the worker died on something unexpected
+        raise IntegrityError(f"{path} could not be checked")
+    if isinstance(result, IntegrityError):
+        raise result
+    return result
 
 
 def _checked(operation: Callable[[str], _T], path: str) -> _T:

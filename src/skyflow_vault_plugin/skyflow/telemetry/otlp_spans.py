@@ -269,6 +269,11 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     Transport, retries, headers, compression, timeouts and the request size limit are the
     library's; only the encoding differs (and falls back to the library's own for a batch
     this encoder does not handle).
+
+    ``export`` follows the library's own (opentelemetry-exporter-otlp-proto-http 1.45, as
+    the lock pins it) and uses its ``_client``, ``_metrics``, ``_max_request_size`` and
+    ``_shutdown``; tests/skyflow/test_otlp_spans.py posts through it to a local receiver, so
+    an upgrade that moves them fails there.
     """
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -276,9 +281,10 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
             return super().export(spans)  # the library's warning and result
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                data = encode_spans_request(spans)
-            except Unsupported:
-                data = encode_spans(spans).SerializePartialToString()
+                try:
+                    data = encode_spans_request(spans)
+                except Unsupported:
+                    data = encode_spans(spans).SerializePartialToString()
             except Exception as error:
                 _log.error("failed to encode a span batch: %s", error)
                 result.error = error
