@@ -455,14 +455,19 @@ class Recorded:
         return "\n".join(parts)
 
 
-def recorded(**overrides: Any) -> Recorded:
+@contextlib.contextmanager
+def recorded(**overrides: Any) -> Iterator[Recorded]:
+    """Telemetry with ``overrides``, recording into memory; shut down at the end."""
     exporter = InMemorySpanExporter()
     reader = InMemoryMetricReader()
     settings = TelemetrySettings(traces_enabled=True, metrics_enabled=True, **overrides)
     telemetry = OTelTelemetry(
         settings, span_processor=SimpleSpanProcessor(exporter), metric_readers=[reader]
     )
-    return Recorded(telemetry, exporter, reader)
+    try:
+        yield Recorded(telemetry, exporter, reader)
+    finally:
+        telemetry.shutdown()
 
 
 pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
@@ -470,9 +475,8 @@ pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for e
 
 @pytest.fixture
 def rec() -> Iterator[Recorded]:
-    recording = recorded()
-    yield recording
-    recording.telemetry.shutdown()
+    with recorded() as recording:
+        yield recording
 
 
 @contextlib.asynccontextmanager
@@ -643,8 +647,7 @@ async def test_spans_are_parented_to_an_incoming_traceparent(
 
 
 async def test_sampling_is_parent_based(emulator: InProcessEmulator, creds: dict[str, str]) -> None:
-    never = recorded(sample_rate=0.0)
-    try:
+    with recorded(sample_rate=0.0) as never:
         async with configured("direct", emulator, never.telemetry, creds) as client:
             assert (await client.read("creds/producer")).status == 200
             sampled = headers(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")
@@ -656,8 +659,6 @@ async def test_sampling_is_parent_based(emulator: InProcessEmulator, creds: dict
         assert f"{never.spans()[0].context.trace_id:032x}" == TRACE_ID
         # ...while metrics count every request.
         assert never.value("skyflow_total_tokens_generated", role="producer") == 3
-    finally:
-        never.telemetry.shutdown()
 
 
 async def test_retries_and_upstream_status(
@@ -769,8 +770,7 @@ async def test_ctx_keys_only_never_values(
 async def test_application_source_is_a_bounded_label(
     emulator: InProcessEmulator, creds: dict[str, str]
 ) -> None:
-    capped = recorded(application_max_values=1)
-    try:
+    with recorded(application_max_values=1) as capped:
         async with configured("grpc", emulator, capped.telemetry, creds) as client:
             for app in ("Claims-Portal", "claims-portal", "billing", "x" * 300):
                 source = headers(Application_Source=app)
@@ -782,8 +782,6 @@ async def test_application_source_is_a_bounded_label(
         assert apps == ["claims-portal", "claims-portal", "other", "other"]
         assert capped.value("skyflow_total_tokens_generated", application="claims-portal") == 2
         assert capped.value("skyflow_total_tokens_generated", application="other") == 2
-    finally:
-        capped.telemetry.shutdown()
 
 
 async def test_application_slots_are_per_mount(
@@ -791,8 +789,7 @@ async def test_application_slots_are_per_mount(
 ) -> None:
     """One tenant cycling Application-Source values uses up its own slots only; and two
     mounts whose paths end alike keep apart."""
-    capped = recorded(application_max_values=2)
-    try:
+    with recorded(application_max_values=2) as capped:
         async with (
             engine("direct", emulator, capped.telemetry, mount="a/insurance/") as noisy,
             engine("direct", emulator, capped.telemetry, mount="b/insurance/") as quiet,
@@ -815,8 +812,6 @@ async def test_application_slots_are_per_mount(
             == 2
         )
         assert capped.value("skyflow_total_tokens_generated", mount="a/insurance") == 4
-    finally:
-        capped.telemetry.shutdown()
 
 
 async def test_concurrent_misses_coalesce(

@@ -9,20 +9,13 @@ from typing import Any
 import pytest
 from grpclib.health.v1 import health_grpc
 
+from vault_plugin_sdk.plugin import services
 from vault_plugin_sdk.plugin.broker import Broker
 from vault_plugin_sdk.plugin.pb import (
     backend_grpc,
     goplugin_grpc,
     multiplexing_grpc,
     version_grpc,
-)
-from vault_plugin_sdk.plugin.services import (
-    BackendService,
-    ControllerService,
-    HealthService,
-    MultiplexingService,
-    StdioService,
-    VersionService,
 )
 
 
@@ -32,13 +25,13 @@ async def _factory(config: Any) -> Any:
 
 def _services() -> list[tuple[object, Any]]:
     return [
-        (BackendService(_factory, Broker(None)), backend_grpc.BackendBase),
+        (services.BackendService(_factory, Broker(None)), backend_grpc.BackendBase),
         (Broker(None), goplugin_grpc.GRPCBrokerBase),
-        (MultiplexingService(True), multiplexing_grpc.PluginMultiplexingBase),
-        (VersionService("v1.0.0"), version_grpc.PluginVersionBase),
-        (ControllerService(lambda: None), goplugin_grpc.GRPCControllerBase),
-        (StdioService(), goplugin_grpc.GRPCStdioBase),
-        (HealthService(), health_grpc.HealthBase),
+        (services.MultiplexingService(True), multiplexing_grpc.PluginMultiplexingBase),
+        (services.VersionService("v1.0.0"), version_grpc.PluginVersionBase),
+        (services.ControllerService(lambda: None), goplugin_grpc.GRPCControllerBase),
+        (services.StdioService(), goplugin_grpc.GRPCStdioBase),
+        (services.HealthService(), health_grpc.HealthBase),
     ]
 
 

@@ -6,16 +6,7 @@ import json
 import logging
 from typing import Any
 
-from ..framework.errors import (
-    BadRequest,
-    CodedError,
-    FieldError,
-    LogicalError,
-    PermissionDenied,
-    ReadOnlyStorageError,
-    UnsupportedOperation,
-    UnsupportedPath,
-)
+from ..framework import errors
 from ..framework.request import Request
 from ..framework.response import Response
 from ..framework.storage import Storage
@@ -45,12 +36,12 @@ def decode_request(message: pb.Request, storage: Storage) -> Request:
     except RecursionError:
         field = too_deep_field(message.data)
         if field is None:
-            raise BadRequest("request data is nested too deeply") from None
-        raise FieldError(field, "nested too deeply") from None
+            raise errors.BadRequest("request data is nested too deeply") from None
+        raise errors.FieldError(field, "nested too deeply") from None
     if data is None:
         data = {}
     elif not isinstance(data, dict):
-        raise BadRequest("request data must be a JSON object")
+        raise errors.BadRequest("request data must be a JSON object")
     headers = {name.lower(): list(value.header) for name, value in message.headers.items()}
     return Request(
         operation=message.operation,
@@ -113,16 +104,16 @@ def encode_response(response: Response | None) -> pb.HandleRequestReply:
 def encode_error(exc: BaseException) -> pb.ProtoError:
     """The wire error for an exception. Unexpected exceptions become a generic internal
     error: their text may hold secrets or internals, so it stays in the plugin's log."""
-    if isinstance(exc, ReadOnlyStorageError):
+    if isinstance(exc, errors.ReadOnlyStorageError):
         return pb.ProtoError(err_type=ERR_UNKNOWN, err_msg=READ_ONLY_MESSAGE)
-    if isinstance(exc, BadRequest):
+    if isinstance(exc, errors.BadRequest):
         return pb.ProtoError(err_type=ERR_BAD_REQUEST, err_msg=exc.message)
-    if isinstance(exc, PermissionDenied):
+    if isinstance(exc, errors.PermissionDenied):
         return pb.ProtoError(err_type=ERR_PERMISSION_DENIED, err_msg=exc.message)
-    if isinstance(exc, UnsupportedPath):
+    if isinstance(exc, errors.UnsupportedPath):
         return pb.ProtoError(err_type=ERR_UNSUPPORTED_PATH, err_msg=exc.message)
-    if isinstance(exc, UnsupportedOperation):
+    if isinstance(exc, errors.UnsupportedOperation):
         return pb.ProtoError(err_type=ERR_UNSUPPORTED_OPERATION, err_msg=exc.message)
-    if isinstance(exc, CodedError | LogicalError):
+    if isinstance(exc, errors.CodedError | errors.LogicalError):
         return pb.ProtoError(err_type=ERR_CODED, err_msg=exc.message, err_code=exc.status)
     return pb.ProtoError(err_type=ERR_INTERNAL, err_msg=INTERNAL_ERROR_MESSAGE)
