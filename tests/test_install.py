@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -144,22 +145,26 @@ def test_bad_names_env_and_interpreter_paths_are_refused(tmp_path: Path) -> None
 # -- the launcher in-process -----------------------------------------------------------------------
 
 
+def _manifest(root: Path, blob: bytes, files: Sequence[Sequence[object]]) -> dict[str, object]:
+    """A launcher manifest over ``files`` under ``root``, with ``blob`` as its byte-code file."""
+    (root / "bc").write_bytes(blob)
+    return {
+        "format": launcher.FORMAT,
+        "entry": "m:main",
+        "magic": importlib.util.MAGIC_NUMBER.hex(),
+        "path": [str(root)],
+        "bytecode": {"file": str(root / "bc"), "sha256": hashlib.sha256(blob).hexdigest()},
+        "files": files,
+    }
+
+
 def test_verify_names_a_changed_or_missing_file(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("x = 1\n")
     code = marshal.dumps(compile(module.read_bytes(), str(module), "exec"))
     blob = importlib.util.MAGIC_NUMBER + code
-    (tmp_path / "bc").write_bytes(blob)
-    manifest = {
-        "format": launcher.FORMAT,
-        "entry": "m:main",
-        "magic": importlib.util.MAGIC_NUMBER.hex(),
-        "path": [str(tmp_path)],
-        "bytecode": {"file": str(tmp_path / "bc"), "sha256": hashlib.sha256(blob).hexdigest()},
-        "files": [
-            [0, "m.py", hashlib.sha256(module.read_bytes()).hexdigest(), [4, len(code), "x"]]
-        ],
-    }
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    manifest = _manifest(tmp_path, blob, [[0, "m.py", digest, [4, len(code), "x"]]])
     files, size, fd = launcher.verify(launcher.Pinned(manifest))
     os.close(fd)
     assert (files, size) == (2, module.stat().st_size + len(blob))
@@ -180,18 +185,11 @@ def test_verify_reports_the_first_difference_in_manifest_order(
 ) -> None:
     """Workers hash in any order; what the operator reads must not depend on it."""
     blob = importlib.util.MAGIC_NUMBER + b"code"
-    (tmp_path / "bc").write_bytes(blob)
     names = [f"m{i:02d}.txt" for i in range(24)]
     for name in names:
         (tmp_path / name).write_text(name)
-    manifest = {
-        "format": launcher.FORMAT,
-        "entry": "m:main",
-        "magic": importlib.util.MAGIC_NUMBER.hex(),
-        "path": [str(tmp_path)],
-        "bytecode": {"file": str(tmp_path / "bc"), "sha256": hashlib.sha256(blob).hexdigest()},
-        "files": [[0, name, hashlib.sha256(name.encode()).hexdigest(), None] for name in names],
-    }
+    pinned = [[0, name, hashlib.sha256(name.encode()).hexdigest(), None] for name in names]
+    manifest = _manifest(tmp_path, blob, pinned)
     files, size, fd = launcher.verify(launcher.Pinned(manifest), workers=workers)
     os.close(fd)
     assert (files, size) == (25, sum(len(name) for name in names) + len(blob))
