@@ -202,13 +202,36 @@ def test_health_reports_the_outage(stack: Stack, healthy: Any) -> None:
 # ---------------------------------------------------------------------- the plugin killed
 
 
+def _raced_the_exit(response: httpx.Response) -> bool:
+    """OpenBao's answer to a request sent in the instant between its log line "plugin
+    process exited" and its client marking the plugin gone: it dials the dead socket, gets
+    "connection refused" and answers 500 instead of restarting the plugin
+    (docs/reliability.md)."""
+    text = error_text(response)
+    return response.status_code == 500 and "code = Unavailable" in text and "plugin.sock" in text
+
+
 def test_plugin_killed_between_requests(stack: Stack, healthy: Any, default: str) -> None:
     role = new_role(stack, default)
     assert stack.client().request("GET", f"{default}/creds/{role}").status_code == 200
     old = stack.plugin_pid()
     kill_and_wait([old], server_log=stack.bao.log_path)
-    response, elapsed = timed_get(stack, f"{default}/creds/{role}")
-    report("first request after SIGKILL (plugin restarted by OpenBao)", elapsed)
+    raced = 0
+
+    def served() -> tuple[httpx.Response, float] | None:
+        nonlocal raced
+        response, elapsed = timed_get(stack, f"{default}/creds/{role}")
+        if _raced_the_exit(response):
+            raced += 1
+            return None
+        return response, elapsed
+
+    # Only that one host race is retried, for a few seconds; any other answer is final.
+    response, elapsed = poll_until(served, timeout=5.0, interval=0.05, message="a restart")
+    report(
+        f"first request after SIGKILL (plugin restarted by OpenBao; {raced} raced the exit)",
+        elapsed,
+    )
     assert response.status_code == 200, error_text(response)
     assert stack.plugin_pid() != old
     # the mount's storage was never in the plugin: config and roles are all there
