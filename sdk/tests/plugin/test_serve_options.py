@@ -18,6 +18,8 @@ from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VAL
 # the module (the package exports the function under the same name)
 serve_module = importlib.import_module("vault_plugin_sdk.plugin.serve")
 HOST_ENV = {MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE, "PLUGIN_EVENT_LOOP": "asyncio"}
+# What records collect, process-wide (the logging HOWTO's "Optimization" switches).
+LOGGING_SWITCHES = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
 
 
 async def _factory(config: BackendConfig) -> Backend:
@@ -38,7 +40,10 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     loggers = {name: logging.getLogger(name).level for name in ("httpx", "h2", "hpack")}
     closed_streams = H2Connection.MAX_CLOSED_STREAMS
     sigint = signal.getsignal(signal.SIGINT)
+    switches = {name: getattr(logging, name) for name in LOGGING_SWITCHES}
     yield
+    for name, value in switches.items():
+        setattr(logging, name, value)
     root.handlers[:] = handlers
     root.setLevel(level)
     for name, saved in loggers.items():
@@ -53,9 +58,11 @@ def test_serve_changes_no_logger_and_no_h2_setting_by_default() -> None:
     handlers, level = root.handlers[:], root.level
     httpx_level = logging.getLogger("httpx").level
     closed_streams = H2Connection.MAX_CLOSED_STREAMS
+    switches = [getattr(logging, name) for name in LOGGING_SWITCHES]
 
     assert serve_module.serve(_factory, version="v0.1.0", env=HOST_ENV) == 0
 
+    assert [getattr(logging, name) for name in LOGGING_SWITCHES] == switches
     assert root.handlers == handlers
     assert root.level == level
     assert logging.getLogger("httpx").level == httpx_level
@@ -79,6 +86,8 @@ def test_serve_changes_what_it_is_asked_to() -> None:
     assert root.level == logging.DEBUG
     assert logging.getLogger("httpx").level == logging.WARNING
     assert logging.getLogger("h2").level == logging.WARNING
+    # records no longer collect what the hclog line never shows
+    assert [getattr(logging, name) for name in LOGGING_SWITCHES] == [None, False, False, False]
 
 
 @pytest.mark.parametrize("asked", [None, 7])
