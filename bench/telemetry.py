@@ -8,60 +8,33 @@ over OTLP/HTTP to a local sink. Runs alternate between the two so drift hits bot
 from __future__ import annotations
 
 import statistics
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bench.stack import SKYFLOW_LAUNCHER, bench_stack
 from bench.wrk import run_wrk
+from skyflow_devtools.otlp import otlp_sink
 
 SECONDS = 8
 ROUNDS = 3
 
 
-class _Sink(BaseHTTPRequestHandler):
-    """Accepts OTLP/HTTP exports and answers 200 with an empty protobuf body."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
-@contextmanager
-def otlp_sink() -> Iterator[str]:
-    """An OTLP/HTTP endpoint on 127.0.0.1 that swallows everything."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def telemetry_on_env(endpoint: str) -> dict[str, str]:
+    """The plugin's environment with traces (every request sampled) and metrics exported
+    over OTLP/HTTP to ``endpoint``."""
+    return {
+        "ENV": "prod",
+        "TELEMETRY_ENABLED": "true",
+        "TELEMETRY_SAMPLE_RATE": "1.0",
+        "TELEMETRY_METRICS_EXPORT_INTERVAL": "5s",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+    }
 
 
 def run() -> str:
     """Run the comparison; return its Markdown section."""
-    with otlp_sink() as endpoint:
+    with otlp_sink() as sink:
         plugins = {
             "skyflow": (SKYFLOW_LAUNCHER, {"ENV": "dev"}),
-            "skyflow-otel": (
-                SKYFLOW_LAUNCHER,
-                {
-                    "ENV": "prod",
-                    "TELEMETRY_ENABLED": "true",
-                    "TELEMETRY_SAMPLE_RATE": "1.0",
-                    "TELEMETRY_METRICS_EXPORT_INTERVAL": "5s",
-                    "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-                },
-            ),
+            "skyflow-otel": (SKYFLOW_LAUNCHER, telemetry_on_env(sink.endpoint)),
         }
         with bench_stack(plugins) as stack:
             paths = {

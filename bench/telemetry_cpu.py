@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bench.telemetry import telemetry_on_env
 from skyflow_vault_plugin.skyflow.telemetry.disabled import Telemetry
 from skyflow_vault_plugin.skyflow.telemetry.names import TOKEN_GENERATE
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
@@ -31,10 +32,10 @@ from vault_plugin_sdk.plugin.hclog import configure_logging
 REQUESTS = 20_000
 ROUNDS = 3
 _SINK = (
-    "import sys, time\n"
-    "from bench.telemetry import otlp_sink\n"
-    "with otlp_sink() as endpoint:\n"
-    "    print(endpoint, flush=True)\n"
+    "import sys\n"
+    "from skyflow_devtools.otlp import otlp_sink\n"
+    "with otlp_sink() as sink:\n"
+    "    print(sink.endpoint, flush=True)\n"
     "    sys.stdin.read()\n"
 )
 
@@ -63,14 +64,7 @@ async def _warm_read(req: Request, data: FieldData) -> Response:
 def _telemetry(on: bool, endpoint: str) -> Telemetry:
     if not on:
         return Telemetry(TelemetrySettings.from_env({"ENV": "dev"}))
-    env = {
-        "ENV": "prod",
-        "TELEMETRY_ENABLED": "true",
-        "TELEMETRY_SAMPLE_RATE": "1.0",
-        "TELEMETRY_METRICS_EXPORT_INTERVAL": "5s",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-    }
-    return OTelTelemetry(TelemetrySettings.from_env(env))
+    return OTelTelemetry(TelemetrySettings.from_env(telemetry_on_env(endpoint)))
 
 
 async def _cpu_per_request(telemetry: Telemetry) -> float:

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from skyflow_devtools.catalog import reload_plugin
+from skyflow_devtools.otlp import OTLPSink, otlp_sink
 
 from .conftest import PLUGIN_NAME, Secrets, Stack, error_text, start_stack
 
@@ -40,36 +39,10 @@ pytestmark = pytest.mark.e2e
 # -------------------------------------------------------------------- an OTLP receiver
 
 
-class _Receiver(ThreadingHTTPServer):
-    payloads: list[tuple[str, bytes]]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Receiver
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.server.payloads.append((self.path, self.rfile.read(length)))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
 @pytest.fixture(scope="module")
-def otlp() -> Iterator[_Receiver]:
-    server = _Receiver(("127.0.0.1", 0), _Handler)
-    server.payloads = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def otlp() -> Iterator[OTLPSink]:
+    with otlp_sink(keep=True) as sink:
+        yield sink
 
 
 # ---------------------------------------------------------------------------- the run
@@ -95,13 +68,13 @@ def _foreign_key_pem() -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, otlp: _Receiver) -> Iterator[Run]:
+def run(tmp_path_factory: pytest.TempPathFactory, otlp: OTLPSink) -> Iterator[Run]:
     work = tmp_path_factory.mktemp("leaks")
     env = {
         # the telemetry issue's switches, and the standard OTLP exporter settings
         "TELEMETRY_ENABLED": "true",
         "TELEMETRY_METRICS_EXPORT_INTERVAL": "1s",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.server_address[1]}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -337,7 +310,7 @@ def test_audit_log_hmacs_credentials_in_requests_and_tokens_in_responses(run: Ru
         assert entry["response"]["data"]["access_token"].startswith("hmac-sha256:")
 
 
-def test_telemetry_has_no_secret(run: Run, otlp: _Receiver) -> None:
+def test_telemetry_has_no_secret(run: Run, otlp: OTLPSink) -> None:
     """Whatever the plugin exported over OTLP (nothing while telemetry is not built in)."""
     exported = b"".join(body for _, body in otlp.payloads)
     print(f"\nOTLP payloads received: {len(otlp.payloads)} ({len(exported)} bytes)")

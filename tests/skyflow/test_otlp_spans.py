@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from skyflow_devtools.otlp import OTLPSink, otlp_sink
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
     FastOTLPSpanExporter,
     Unsupported,
@@ -105,56 +104,33 @@ def test_a_value_otlp_cannot_carry_is_left_to_the_library() -> None:
         encode_spans_request(spans)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    bodies: list[bytes] = []
-
-    def do_POST(self) -> None:
-        type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet."""
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[bytes]]]:
-    bodies: list[bytes] = []
-    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/traces", bodies
-    finally:
-        server.shutdown()
-        server.server_close()
+def receiver() -> Iterator[OTLPSink]:
+    with otlp_sink(keep=True) as sink:
+        yield sink
 
 
 @pytest.mark.parametrize("build", [_many_shapes, _with_event], ids=["fast", "library"])
-def test_the_exporter_posts_what_the_library_would(
-    receiver: tuple[str, list[bytes]], build: object
-) -> None:
-    endpoint, bodies = receiver
+def test_the_exporter_posts_what_the_library_would(receiver: OTLPSink, build: object) -> None:
     spans = _record(build)
-    exporter = FastOTLPSpanExporter(endpoint=endpoint, timeout=5)
+    exporter = FastOTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=5)
     try:
         assert exporter.export(spans) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
-    assert [ExportTraceServiceRequest.FromString(body) for body in bodies] == [encode_spans(spans)]
+    assert [
+        (path, ExportTraceServiceRequest.FromString(body)) for path, body in receiver.payloads
+    ] == [("/v1/traces", encode_spans(spans))]
 
 
-def test_the_request_size_limit_still_applies(receiver: tuple[str, list[bytes]]) -> None:
-    endpoint, bodies = receiver
+def test_the_request_size_limit_still_applies(receiver: OTLPSink) -> None:
+    endpoint = f"{receiver.endpoint}/v1/traces"
     exporter = FastOTLPSpanExporter(endpoint=endpoint, timeout=5, max_request_size=64)
     try:
         assert exporter.export(_record(_many_shapes)) is SpanExportResult.FAILURE
     finally:
         exporter.shutdown()  # type: ignore[no-untyped-call]
-    assert bodies == []
+    assert receiver.payloads == []
 
 
 def _typed_twins(provider: TracerProvider) -> None:
