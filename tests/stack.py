@@ -1,17 +1,16 @@
 """The stack both the e2e and the reliability suites run against: a real OpenBao with the
 Skyflow plugin registered, and the Skyflow emulator over HTTPS that it trusts.
 
-Each suite's conftest.py builds its module-scoped ``stack`` fixture on :func:`running_stack`
-with the options it needs (an operator's install or a plain launcher, raft storage, the file
-audit device, a second catalog entry with a short deadline).
+Each suite's conftest.py builds its module-scoped ``stack`` fixture with ``with
+start_stack(...)`` and the options it needs (an operator's install or a plain launcher,
+raft storage, the file audit device, a second catalog entry with a short deadline).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from skyflow_devtools.client import BaoClient
 from skyflow_devtools.openbao import OpenBaoServer
 from skyflow_devtools.ports import free_port
 from skyflow_devtools.processes import plugin_pids, poll_until
+from skyflow_emulator.lifecycle import Closeable
 from skyflow_emulator.process import EmulatorAdmin, EmulatorProcess
 from skyflow_vault_plugin.install import install
 
@@ -32,8 +32,9 @@ FAST_DEADLINE = 3.0
 
 
 @dataclass
-class Stack:
-    """A running OpenBao with the plugin registered, and the emulator it trusts."""
+class Stack(Closeable):
+    """A running OpenBao with the plugin registered, and the emulator it trusts; ``with``
+    closes both."""
 
     bao: OpenBaoServer
     emulator: EmulatorProcess
@@ -160,18 +161,3 @@ def start_stack(
         stack.close()
         raise
     return stack
-
-
-@contextlib.contextmanager
-def running_stack(
-    work_dir: Path,
-    *,
-    as_operator: bool = False,
-    fast_plugin: bool = False,
-) -> Iterator[Stack]:
-    """:func:`start_stack` for a ``with`` block (a fixture's body); closed on the way out."""
-    running = start_stack(work_dir, as_operator=as_operator, fast_plugin=fast_plugin)
-    try:
-        yield running
-    finally:
-        running.close()

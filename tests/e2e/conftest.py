@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from skyflow_emulator.process import EmulatorAdmin
-from tests.stack import Stack, running_stack
+from tests.stack import Stack, start_stack
 
 SkyflowStack = Stack
 """The shared stack (tests/stack.py), under the name this suite's modules import."""
@@ -24,7 +24,7 @@ SkyflowStack = Stack
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SkyflowStack]:
     """OpenBao + plugin (installed as an operator would) + emulator, shared by a module's
     tests."""
-    with running_stack(tmp_path_factory.mktemp("stack"), as_operator=True) as running:
+    with start_stack(tmp_path_factory.mktemp("stack"), as_operator=True) as running:
         yield running
 
 

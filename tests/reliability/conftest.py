@@ -25,7 +25,6 @@ from tests.stack import (
     PLUGIN_LAUNCHER,
     PLUGIN_NAME,
     Stack,
-    running_stack,
     start_stack,
 )
 
@@ -38,7 +37,7 @@ __all__ = ["FAST_DEADLINE", "FAST_PLUGIN", "PLUGIN_LAUNCHER", "PLUGIN_NAME", "St
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """OpenBao (dev) + plugin + emulator, shared by a module's tests."""
-    with running_stack(tmp_path_factory.mktemp("stack"), fast_plugin=True) as running:
+    with start_stack(tmp_path_factory.mktemp("stack"), fast_plugin=True) as running:
         yield running
 
 

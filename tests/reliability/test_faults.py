@@ -290,11 +290,8 @@ def test_plugin_killed_during_a_request(stack: Stack, healthy: Any, default: str
 
 @pytest.fixture
 def raft_stack(tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path / "raft", raft=True)
-    try:
+    with start_stack(tmp_path / "raft", raft=True) as running:
         yield running
-    finally:
-        running.close()
 
 
 def _state(stack: Stack, mounts: list[str]) -> dict[str, Any]:

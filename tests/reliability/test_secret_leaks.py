@@ -79,11 +79,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, otlp: OTLPSink) -> Iterator[Ru
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
-    stack = start_stack(work, server_env=env, audit_log=True)
-    try:
+    with start_stack(work, server_env=env, audit_log=True) as stack:
         yield _full_run(stack, work)
-    finally:
-        stack.close()
 
 
 def _full_run(stack: Stack, work: Path) -> Run:
