@@ -478,9 +478,14 @@ def test_no_secret_in_any_exported_payload(
     leaks = sum(1 for payload in payloads for needle in needles if needle.encode() in payload)
     assert leaks == 0  # a count, so that no secret is printed
 
-    # The audit line went to the host's log, with the caller's trace and without secrets.
+    # The audit line went to the host's log, with the caller's trace and without secrets
+    # (info lines leave the plugin within a short batching window: wait for them).
+    def audit_lines() -> list[str]:
+        log = stack.bao.log_path.read_text(errors="replace")
+        return [line for line in log.splitlines() if "token request" in line and TRACE_ID in line]
+
+    wait_for(lambda: len(audit_lines()) >= 2, "the audit lines")
+    audit = audit_lines()
     log = stack.bao.log_path.read_text(errors="replace")
-    audit = [line for line in log.splitlines() if "token request" in line and TRACE_ID in line]
-    assert len(audit) >= 2
     assert "mount=skyflow/insurance" in audit[0]
     assert sum(1 for needle in needles if needle in log) == 0

@@ -1,5 +1,6 @@
 """hclog JSON lines on stderr: a failure's frames are logged, never its message or local
-values; lines are batched per event-loop turn."""
+values; lines on the event loop are batched (info for a short window, warnings within the
+loop turn)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import logging
 import sys
+from typing import Any
 
 import pytest
 
@@ -60,29 +62,59 @@ class CountingStream(io.StringIO):
         return super().write(text)
 
 
-def _logger(stream: CountingStream) -> logging.Logger:
-    handler = LoopBatchedHandler(stream)
+def _logger(stream: CountingStream, **options: Any) -> logging.Logger:
+    handler = LoopBatchedHandler(stream, **options)
     handler.setFormatter(HclogFormatter())
     logger = logging.getLogger(f"test-hclog-{id(stream)}")
     logger.handlers[:] = [handler]
     logger.propagate = False
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     return logger
 
 
-async def test_lines_logged_in_one_loop_turn_leave_in_one_write() -> None:
+async def test_info_lines_wait_for_the_window_and_leave_in_one_write() -> None:
     stream = CountingStream()
-    logger = _logger(stream)
+    logger = _logger(stream, window=0.05)
     for index in range(3):
         logger.info("token request", extra={"n": index})
-    assert stream.writes == 0  # nothing written before the loop turns
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+    assert stream.writes == 0  # still inside the window
+    await asyncio.sleep(0.1)
     assert stream.writes == 1
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["n"] for line in lines] == [0, 1, 2]
     assert lines[0]["@message"] == "token request"
     assert lines[0]["@level"] == "info"
+    logger.debug("later")
+    await asyncio.sleep(0.1)
+    assert stream.writes == 2  # a new window after a write
+
+
+async def test_a_warning_leaves_in_the_same_loop_turn_after_the_lines_before_it() -> None:
+    stream = CountingStream()
+    logger = _logger(stream, window=60.0)
+    logger.info("first")
+    logger.warning("second")
+    logger.info("third")
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    messages = [json.loads(line)["@message"] for line in stream.getvalue().splitlines()]
+    assert messages == ["first", "second", "third"]
+
+
+async def test_pending_lines_are_written_once_they_reach_max_bytes() -> None:
+    stream = CountingStream()
+    logger = _logger(stream, window=60.0, max_bytes=1000)
+    for _ in range(4):
+        logger.info("x" * 100)
+    await asyncio.sleep(0)
+    assert stream.writes == 0  # about 560 bytes pending, under the cap
+    for _ in range(4):
+        logger.info("x" * 100)
+    await asyncio.sleep(0)
+    assert stream.writes == 1
+    assert len(stream.getvalue().splitlines()) == 8
 
 
 def test_without_a_running_loop_lines_are_written_at_once() -> None:

@@ -94,20 +94,39 @@ def _short(filename: str) -> str:
     return os.path.join(os.path.basename(head), tail) if head else tail
 
 
+BATCH_WINDOW = 0.02
+"""Seconds an ``info`` or ``debug`` line may wait on the event loop for others to join it."""
+BATCH_BYTES = 32 * 1024
+"""Pending lines are written at once when they reach this size: half a Linux pipe buffer,
+so that a write to the host's pipe does not block the loop on a reader that is behind."""
+
+
 class LoopBatchedHandler(logging.StreamHandler[TextIO]):
-    """Lines logged on an event loop's thread leave in one write per loop turn.
+    """Lines logged on an event loop's thread leave in few writes.
 
     A plugin that logs a line per request (an audit line, say) otherwise pays one write
-    system call per line on the thread that serves every request. Lines from other threads,
-    or with no loop running, are written at once; :meth:`flush` (called at exit by
-    ``logging.shutdown``) writes whatever is pending.
+    system call per line on the thread that serves every request, and the host pays a
+    wake-up of its log reader for each. Lines below ``WARNING`` wait up to ``window``
+    seconds (or until ``max_bytes`` are pending) for others; a ``WARNING`` or worse is
+    written in the same loop turn, after the lines pending before it, so that the order is
+    kept and nothing urgent waits. Lines from other threads, or with no loop running, are
+    written at once; :meth:`flush` (called at exit by ``logging.shutdown``) writes whatever
+    is pending. A process killed outright loses at most ``window`` seconds of ``info`` lines.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(
+        self, stream: TextIO, window: float = BATCH_WINDOW, max_bytes: int = BATCH_BYTES
+    ) -> None:
         super().__init__(stream)
+        self.window = window
+        self.max_bytes = max_bytes
         self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (logging.Handler.handle).
         try:
             line = self.format(record)
         except Exception:
@@ -115,32 +134,42 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop in this thread: write at once
-            loop = None
-        if loop is None:
+        except RuntimeError:  # no loop in this thread: write at once, after what is pending
             self._write(self._take() + line + self.terminator)
             return
         self._pending.append(line)
-        if len(self._pending) == 1:
-            loop.call_soon(self.flush)
+        self._pending_bytes += len(line)
+        if record.levelno >= logging.WARNING or self._pending_bytes >= self.max_bytes:
+            if self._soon is None:
+                self._soon = loop.call_soon(self._flush_from_loop)
+        elif self._timer is None and self._soon is None:
+            self._timer = loop.call_later(self.window, self._flush_from_loop)
 
     def _take(self) -> str:
         if not self._pending:
             return ""
         lines, self._pending = self._pending, []
+        self._pending_bytes = 0
         return self.terminator.join(lines) + self.terminator
 
     def _write(self, text: str) -> None:
         if not text:
             return
         # The host may have closed our stderr: then there is no one left to tell.
-        with self.lock, contextlib.suppress(OSError, ValueError):  # type: ignore[union-attr]
+        with contextlib.suppress(OSError, ValueError):
             self.stream.write(text)
             self.stream.flush()
 
+    def _flush_from_loop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._soon = None
+        self.flush()
+
     def flush(self) -> None:
         """Write the lines logged so far."""
-        self._write(self._take())
+        with self.lock:  # type: ignore[union-attr]
+            self._write(self._take())
 
 
 def configure_logging(level: str | None, quiet: Iterable[str] = ()) -> None:
