@@ -1,0 +1,204 @@
+"""A fresh self-signed ECDSA certificate for ``localhost``, encoded without ``cryptography.x509``.
+
+go-plugin's automatic mTLS needs one such certificate per plugin process, made before the
+handshake line. ``cryptography.x509`` would build it, but importing it costs about 35 ms,
+a fifth of the plugin's whole start on a quiet machine (``-X importtime``), for one
+certificate whose layout never changes. So the certificate is assembled here from DER
+pieces: everything but the serial number, the validity and the public key is a constant.
+The key is made, and the certificate signed, by ``cryptography``'s EC primitives; the
+layout is what ``cryptography.x509.CertificateBuilder`` writes for the same fields
+(``tests/plugin/test_selfsigned.py`` compares the two byte for byte, and every end-to-end
+test has the host's Go TLS stack verify it).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import secrets
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["SelfSignedCertificate", "self_signed_certificate"]
+
+
+@dataclass(frozen=True)
+class SelfSignedCertificate:
+    """A fresh self-signed ECDSA certificate for ``localhost`` and its private key.
+
+    Attributes:
+        cert_pem: the certificate, PEM.
+        cert_der: the certificate, DER.
+        key_pem: the private key, unencrypted PKCS#8 PEM (kept out of ``repr``: a key must
+            never reach a log).
+    """
+
+    cert_pem: bytes
+    cert_der: bytes
+    key_pem: bytes = field(repr=False)
+
+
+def self_signed_certificate(
+    *,
+    curve: Literal["P-256", "P-521"] = "P-256",
+    valid_for: datetime.timedelta = datetime.timedelta(days=3650),
+) -> SelfSignedCertificate:
+    """A self-signed certificate for ``localhost``, its own CA, for TLS server and client use.
+
+    The kind go-plugin's automatic mTLS uses on both sides: the plugin's own is P-256 (signed
+    with SHA-256, cheap to generate at start-up); a host's is P-521 (signed with SHA-512), so
+    tests and tools that play the host ask for ``curve="P-521"``.
+
+    Extensions: basic constraints (CA, critical), key usage (digital signature, key
+    encipherment, key agreement, certificate signing; critical), extended key usage (client
+    and server authentication) and the subject alternative name ``DNS:localhost``.
+
+    Args:
+        curve: the ECDSA curve of the key.
+        valid_for: how long the certificate is valid from now (it is also backdated a few
+            minutes, for clocks that differ slightly).
+    """
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if curve == "P-521":
+        key = ec.generate_private_key(ec.SECP521R1())
+        digest: hashes.SHA256 | hashes.SHA512 = hashes.SHA512()
+        algorithm = _ECDSA_WITH_SHA512
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        digest = hashes.SHA256()
+        algorithm = _ECDSA_WITH_SHA256
+    now = datetime.datetime.now(datetime.UTC)
+    tbs = tbs_certificate(
+        serial=random_serial_number(),
+        not_before=now - datetime.timedelta(minutes=5),
+        not_after=now + valid_for,
+        public_key_der=key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+        algorithm=algorithm,
+    )
+    signature = key.sign(tbs, ec.ECDSA(digest))
+    cert_der = _sequence(tbs + algorithm + _bit_string(signature))
+    return SelfSignedCertificate(
+        cert_pem=pem("CERTIFICATE", cert_der),
+        cert_der=cert_der,
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def random_serial_number() -> int:
+    """A positive serial of up to 159 random bits (RFC 5280 allows up to 20 octets)."""
+    return secrets.randbits(159) or 1
+
+
+def tbs_certificate(
+    *,
+    serial: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    public_key_der: bytes,
+    algorithm: bytes,
+) -> bytes:
+    """The DER ``TBSCertificate`` of the certificate :func:`self_signed_certificate` signs.
+
+    ``public_key_der`` is a DER ``SubjectPublicKeyInfo``; ``algorithm`` the DER
+    ``AlgorithmIdentifier`` of the signature.
+    """
+    return _sequence(
+        _VERSION_3
+        + _integer(serial)
+        + algorithm
+        + _LOCALHOST_NAME  # issuer: self-signed
+        + _sequence(_time(not_before) + _time(not_after))
+        + _LOCALHOST_NAME  # subject
+        + public_key_der
+        + _EXTENSIONS
+    )
+
+
+def pem(label: str, der: bytes) -> bytes:
+    """``der`` in PEM armour, 64 base64 characters a line (RFC 7468)."""
+    text = base64.b64encode(der)
+    body = b"".join(text[i : i + 64] + b"\n" for i in range(0, len(text), 64))
+    return f"-----BEGIN {label}-----\n".encode() + body + f"-----END {label}-----\n".encode()
+
+
+# -- DER (X.690) --------------------------------------------------------------------------
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes((tag, length)) + content
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + content
+
+
+def _sequence(content: bytes) -> bytes:
+    return _tlv(0x30, content)
+
+
+def _integer(value: int) -> bytes:
+    # Two's complement, minimal, positive: a leading zero octet when the top bit is set.
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _bit_string(content: bytes) -> bytes:
+    return _tlv(0x03, b"\x00" + content)  # no unused bits
+
+
+def _oid(dotted: str) -> bytes:
+    first, second, *rest = (int(part) for part in dotted.split("."))
+    body = bytearray()
+    for arc in (40 * first + second, *rest):
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | arc & 0x7F)
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def _time(moment: datetime.datetime) -> bytes:
+    # RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; seconds, in UTC.
+    moment = moment.astimezone(datetime.UTC)
+    if moment.year < 2050:
+        return _tlv(0x17, moment.strftime("%y%m%d%H%M%SZ").encode())
+    return _tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _extension(oid: str, value: bytes, *, critical: bool) -> bytes:
+    flag = _tlv(0x01, b"\xff") if critical else b""
+    return _sequence(_oid(oid) + flag + _tlv(0x04, value))
+
+
+_VERSION_3 = _tlv(0xA0, _integer(2))  # [0] EXPLICIT Version: v3 is 2
+_ECDSA_WITH_SHA256 = _sequence(_oid("1.2.840.10045.4.3.2"))
+_ECDSA_WITH_SHA512 = _sequence(_oid("1.2.840.10045.4.3.4"))
+# Name: CN=localhost, a UTF8String as cryptography writes it.
+_LOCALHOST_NAME = _sequence(_tlv(0x31, _sequence(_oid("2.5.4.3") + _tlv(0x0C, b"localhost"))))
+_EXTENSIONS = _tlv(
+    0xA3,  # [3] EXPLICIT Extensions
+    _sequence(
+        # basicConstraints: cA TRUE, no path length
+        _extension("2.5.29.19", _sequence(_tlv(0x01, b"\xff")), critical=True)
+        # keyUsage: digitalSignature (bit 0), keyEncipherment (2), keyAgreement (4),
+        # keyCertSign (5) = 0b10101100, two unused bits
+        + _extension("2.5.29.15", _tlv(0x03, b"\x02\xac"), critical=True)
+        # extKeyUsage: clientAuth, serverAuth
+        + _extension(
+            "2.5.29.37",
+            _sequence(_oid("1.3.6.1.5.5.7.3.2") + _oid("1.3.6.1.5.5.7.3.1")),
+            critical=False,
+        )
+        # subjectAltName: dNSName [2] localhost
+        + _extension("2.5.29.17", _sequence(_tlv(0x82, b"localhost")), critical=False)
+    ),
+)
