@@ -25,6 +25,9 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
     "asctime",
     "taskName",
 }
+# Values a line carries as they are; anything else as its str(). A tuple, built once: a
+# union written in the isinstance call would be built again for every field of every line.
+_PLAIN = (str, int, float, bool)
 # One encoder for every line: json.dumps with separators builds a new one per call.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -58,7 +61,7 @@ class HclogFormatter(logging.Formatter):
         for key in sorted(attributes.keys() - _STANDARD_ATTRS):
             if not key.startswith("_"):
                 value = attributes[key]
-                entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
+                entry[key] = value if isinstance(value, _PLAIN) else str(value)
         if record.exc_info and record.exc_info[1] is not None:
             # Where it failed, never what it held: exception messages and local values may
             # quote a key or a token, and the host's log is widely read.
