@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from vault_plugin_sdk.plugin.hclog import HclogFormatter, LoopBatchedHandler, configure_logging
+from vault_plugin_sdk.plugin.hclog import (
+    HclogFormatter,
+    LoopBatchedHandler,
+    configure_logging,
+    log_fields,
+)
 
 SECRET = "sk-" + "7" * 24  # built at run time; stands for a key or token
 
@@ -174,3 +179,77 @@ def test_extra_fields_come_sorted_and_private_ones_stay_out() -> None:
     extra = [key for key in entry if not key.startswith("@")]
     assert extra == ["alpha", "obj", "zeta"]
     assert entry["obj"].startswith("<object object")
+
+
+def _without_timestamp(text: str) -> list[dict[str, object]]:
+    entries = [json.loads(line) for line in text.splitlines()]
+    for entry in entries:
+        entry.pop("@timestamp")
+        entry.pop("@module")  # each test logger has its own name
+    return entries
+
+
+FIELDS = {"role": "producer", "duration_ms": 0.029, "cache": "hit", "n": 3, "obj": ("a", 1)}
+
+
+def test_log_fields_writes_the_line_logging_writes_without_a_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ordinary, fast = CountingStream(), CountingStream()
+    _logger(ordinary).info("token request", extra=FIELDS)
+    logger = _logger(fast)
+
+    def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("a LogRecord was made")
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
+    log_fields(logger, logging.INFO, "token request", FIELDS)
+    assert _without_timestamp(fast.getvalue()) == _without_timestamp(ordinary.getvalue())
+    entry = json.loads(fast.getvalue())
+    assert entry["@module"] == logger.name
+    assert entry["obj"] == "('a', 1)"
+    assert entry["@timestamp"].endswith("Z")
+
+
+def test_log_fields_respects_levels() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    logger.setLevel(logging.WARNING)
+    log_fields(logger, logging.INFO, "token request", FIELDS)
+    logger.setLevel(logging.DEBUG)
+    logger.handlers[0].setLevel(logging.ERROR)
+    log_fields(logger, logging.INFO, "token request", FIELDS)
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("setup", ["second handler", "logger filter", "handler filter"])
+def test_log_fields_takes_the_ordinary_path_under_any_other_set_up(setup: str) -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    if setup == "second handler":
+        logger.addHandler(Capture())
+    elif setup == "logger filter":
+        logger.addFilter(keep)
+    else:
+        logger.handlers[0].addFilter(keep)
+    log_fields(logger, logging.INFO, "token request", FIELDS)
+    logger.handlers[0].flush()
+    assert [record.getMessage() for record in seen] == ["token request"]
+    assert seen[0].__dict__["role"] == "producer"
+    assert json.loads(stream.getvalue())["role"] == "producer"
+
+
+def test_log_fields_refuses_to_overwrite_a_record_attribute_as_extra_does() -> None:
+    logger = _logger(CountingStream())
+    with pytest.raises(KeyError, match="levelname"):
+        log_fields(logger, logging.INFO, "token request", {"levelname": "x"})

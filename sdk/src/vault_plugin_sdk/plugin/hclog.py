@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 _LEVELS = {
@@ -48,26 +48,45 @@ class HclogFormatter(logging.Formatter):
         return f"{self._second_text}.{micros:06d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "@level": _LEVELS.get(record.levelno, "info"),
-            "@message": record.getMessage(),
-            "@module": record.name,
-            "@timestamp": self._timestamp(record.created),
-        }
         # The extra attributes by set difference (in C) rather than a test per attribute of
-        # the record: this runs for every line, an audit line per request included. Sorted,
-        # so that a line's fields come in one order (the host re-orders them anyway).
+        # the record: this runs for every line, an audit line per request included.
         attributes = record.__dict__
-        for key in sorted(attributes.keys() - _STANDARD_ATTRS):
-            if not key.startswith("_"):
-                value = attributes[key]
-                entry[key] = value if isinstance(value, _PLAIN) else str(value)
+        entry = self._entry(
+            record.levelno,
+            record.name,
+            record.getMessage(),
+            record.created,
+            {key: attributes[key] for key in attributes.keys() - _STANDARD_ATTRS},
+        )
         if record.exc_info and record.exc_info[1] is not None:
             # Where it failed, never what it held: exception messages and local values may
             # quote a key or a token, and the host's log is widely read.
             entry["error_type"] = type(record.exc_info[1]).__name__
             entry["stack"] = stack_frames(record.exc_info[1])
         return _encode(entry)
+
+    def format_fields(
+        self, levelno: int, name: str, message: str, created: float, fields: Mapping[str, object]
+    ) -> str:
+        """The line :meth:`format` writes for a record of these attributes and ``extra``
+        fields, without a record (:func:`log_fields`)."""
+        return _encode(self._entry(levelno, name, message, created, fields))
+
+    def _entry(
+        self, levelno: int, name: str, message: str, created: float, fields: Mapping[str, object]
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "@level": _LEVELS.get(levelno, "info"),
+            "@message": message,
+            "@module": name,
+            "@timestamp": self._timestamp(created),
+        }
+        # Sorted, so that a line's fields come in one order (the host re-orders them anyway).
+        for key in sorted(fields):
+            if not key.startswith("_"):
+                value = fields[key]
+                entry[key] = value if isinstance(value, _PLAIN) else str(value)
+        return entry
 
 
 MAX_FRAMES = 40
@@ -135,6 +154,23 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self._enqueue(line, record.levelno)
+
+    def emit_fields(
+        self, levelno: int, name: str, message: str, fields: Mapping[str, object]
+    ) -> None:
+        """Write the line of a record with these ``extra`` fields, made without a record.
+
+        :func:`log_fields` calls it when this handler is the only one the record would
+        reach; the line is the one :meth:`emit` writes for such a record.
+        """
+        formatter = self.formatter
+        assert isinstance(formatter, HclogFormatter)
+        line = formatter.format_fields(levelno, name, message, time.time(), fields)
+        with self.lock:  # type: ignore[union-attr]
+            self._enqueue(line, levelno)
+
+    def _enqueue(self, line: str, levelno: int) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop in this thread: write at once, after what is pending
@@ -142,7 +178,7 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
             return
         self._pending.append(line)
         self._pending_bytes += len(line)
-        if record.levelno >= logging.WARNING or self._pending_bytes >= self.max_bytes:
+        if levelno >= logging.WARNING or self._pending_bytes >= self.max_bytes:
             if self._soon is None:
                 self._soon = loop.call_soon(self._flush_from_loop)
         elif self._timer is None and self._soon is None:
@@ -173,6 +209,55 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         """Write the lines logged so far."""
         with self.lock:  # type: ignore[union-attr]
             self._write(self._take())
+
+
+def log_fields(
+    logger: logging.Logger, level: int, message: str, fields: Mapping[str, object]
+) -> None:
+    """``logger.log(level, message, extra=fields)``, cheaper for a line per request.
+
+    When the record would reach exactly one handler, a :class:`LoopBatchedHandler` with an
+    :class:`HclogFormatter` and no filter on the way (as :func:`configure_logging` sets it
+    up), the line is formatted from ``fields`` directly: no ``LogRecord`` is made and no
+    handler chain walked, and the line is the same. Any other logging set-up (a test's
+    capture handler, a filter, a second handler) gets the ordinary call.
+
+    Raises:
+        KeyError: a field would overwrite a ``LogRecord`` attribute, as with ``extra``.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_hclog_handler(logger)
+    if handler is None or level < handler.level:
+        logger.log(level, message, extra=fields, stacklevel=2)
+        return
+    clash = fields.keys() & _STANDARD_ATTRS
+    if clash:
+        raise KeyError(f"Attempt to overwrite {min(clash)!r} in LogRecord")
+    handler.emit_fields(level, logger.name, message, fields)
+
+
+def _sole_hclog_handler(logger: logging.Logger) -> LoopBatchedHandler | None:
+    """The one handler a record of ``logger`` would reach, if it is a filterless
+    :class:`LoopBatchedHandler` formatting hclog lines and no logger on the way filters."""
+    found: LoopBatchedHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if (
+                found is not None
+                or type(handler) is not LoopBatchedHandler
+                or handler.filters
+                or type(handler.formatter) is not HclogFormatter
+            ):
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    return found
 
 
 def configure_logging(level: str | None, quiet: Iterable[str] = ()) -> None:

@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from vault_plugin_sdk.framework import FieldData, Request, Response
+from vault_plugin_sdk.plugin.hclog import log_fields
 
 from .labels import (
     MAX_LABEL_MEMO,
@@ -190,4 +191,6 @@ class Telemetry:
         _, keys = ctx_shape(scope.ctx)
         if keys:
             fields["ctx_keys"] = ",".join(keys)
-        logger.info("token request", extra=fields)
+        # log_fields: the same line as logger.info(..., extra=fields), without a LogRecord
+        # when the plugin logs to the host (a line per request).
+        log_fields(logger, logging.INFO, "token request", fields)
