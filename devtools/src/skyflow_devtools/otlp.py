@@ -29,6 +29,10 @@ def otlp_sink(*, keep: bool = False) -> Iterator[OTLPSink]:
     payloads: list[tuple[str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as a collector: an exporter then pays for a connection once, not per
+        # export (HTTP/1.0, the default here, would close after each reply).
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if keep:
