@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -179,35 +180,53 @@ def test_verify_names_a_changed_or_missing_file(tmp_path: Path) -> None:
         launcher.Pinned({**manifest, "format": 99})
 
 
+@pytest.mark.parametrize("separate_process", [False, True])
 @pytest.mark.parametrize("workers", [1, 2, 4])
 def test_verify_reports_the_first_difference_in_manifest_order(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, separate_process: bool
 ) -> None:
-    """Workers hash in any order; what the operator reads must not depend on it."""
+    """Workers (and the child process) hash in any order; what the operator reads must not
+    depend on it."""
     blob = importlib.util.MAGIC_NUMBER + b"code"
-    names = [f"m{i:02d}.txt" for i in range(24)]
+    # Two of them look like native libraries: this process's threads hash those, the child
+    # process (with separate_process) the others.
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    names = [f"m{i:02d}{suffix if i in (3, 20) else '.txt'}" for i in range(24)]
     for name in names:
         (tmp_path / name).write_text(name)
     pinned = [[0, name, hashlib.sha256(name.encode()).hexdigest(), None] for name in names]
     manifest = _manifest(tmp_path, blob, pinned)
-    files, size, fd = launcher.verify(launcher.Pinned(manifest), workers=workers)
+
+    def check() -> tuple[int, int, int]:
+        return launcher.verify(
+            launcher.Pinned(manifest), workers=workers, separate_process=separate_process
+        )
+
+    files, size, fd = check()
     os.close(fd)
     assert (files, size) == (25, sum(len(name) for name in names) + len(blob))
 
     (tmp_path / "m17.txt").write_text("changed")
     (tmp_path / "m05.txt").unlink()
     (tmp_path / "m21.txt").write_text("changed too")
+    (tmp_path / f"m20{suffix}").write_text("changed as well")
     for _ in range(5):
         with pytest.raises(launcher.IntegrityError, match=r"m05\.txt is missing"):
-            launcher.verify(launcher.Pinned(manifest), workers=workers)
+            check()
     (tmp_path / "m05.txt").write_text("m05.txt")
     with pytest.raises(launcher.IntegrityError, match=r"m17\.txt changed since"):
-        launcher.verify(launcher.Pinned(manifest), workers=workers)
+        check()
     (tmp_path / "m17.txt").write_text("m17.txt")
-    (tmp_path / "m21.txt").write_text("m21.txt")
+    with pytest.raises(launcher.IntegrityError, match=r"m20\..* changed since"):
+        check()
+    (tmp_path / f"m03{suffix}").write_text("changed")
+    with pytest.raises(launcher.IntegrityError, match=r"m03\..* changed since"):
+        check()
+    for name in (f"m03{suffix}", f"m20{suffix}", "m21.txt"):
+        (tmp_path / name).write_text(name)
     (tmp_path / "bc").write_bytes(blob + b"!")
     with pytest.raises(launcher.IntegrityError, match=r"bc changed since it was installed"):
-        launcher.verify(launcher.Pinned(manifest), workers=workers)
+        check()
 
 
 # -- installed launchers --------------------------------------------------------------------------
@@ -472,6 +491,7 @@ def test_check_interpreter_names_what_differs() -> None:
 
 PROBE = """
 import os
+import sys
 
 
 def main() -> int:
@@ -481,6 +501,7 @@ def main() -> int:
     (name,) = [n for n in os.listdir(here) if n.startswith("_bisect.")]
     target = os.path.join(here, name)
     if os.environ.get("SWAP_EXTENSION") == "1":  # an attacker replaces it after the check
+        sys.stdout.check.wait()  # the launcher's gate: the check has read the library
         os.replace(os.path.join(here, "swap.bin"), target)
     from skyflow_vault_plugin import _bisect
 
@@ -593,6 +614,330 @@ def test_metadata_shows_only_pinned_distributions_and_files(
     # A plain interpreter would list evil and sneaky too (OpenTelemetry loads such entry
     # points by name from OTEL_* variables).
     assert "entry points: ['good']" in stdout
+
+
+# -- the check runs alongside the imports; nothing reaches stdout before it passes ----------------
+
+# Long enough that the imports are over (or the entry point has written) well before the
+# check goes on, on a busy machine too. run(check_delays=(before the native libraries, before
+# the other files)): an import waits for its native library, so a check slower than the
+# imports is one held back after the libraries.
+SLOW_CHECK = 1.0
+
+
+def _launcher(
+    tmp_path: Path,
+    package_copy: Path,
+    *,
+    entry: str | None = None,
+    run_args: str = "",
+    distributions: Sequence[metadata.Distribution] | None = None,
+) -> Path:
+    """An installed launcher, with ``entry`` (the text of a module with ``main()``) as its
+    entry point instead of the plugin's, and ``run_args`` added to its ``run()`` call."""
+    if entry is not None:
+        (package_copy / "_entry.py").write_text(entry)
+    result = install(tmp_path / "plugins", package_dir=package_copy, distributions=distributions)
+    text = result.path.read_text()
+    if entry is not None:
+        pinned_entry = '"entry":"skyflow_vault_plugin.cli:main"'
+        assert pinned_entry in text
+        text = text.replace(pinned_entry, '"entry":"skyflow_vault_plugin._entry:main"')
+    if run_args:
+        call = "sys.exit(run(MANIFEST, INTERPRETER))"
+        assert call in text
+        text = text.replace(call, f"sys.exit(run(MANIFEST, INTERPRETER, {run_args}))")
+    result.path.write_text(text)
+    return result.path
+
+
+def _tamper_unimported(package_copy: Path) -> Path:
+    """Change a module the plugin imports at its first request, not before its handshake."""
+    target = package_copy / "skyflow" / "path_creds.py"
+    target.write_text(target.read_text() + "\n# a harmless-looking change\n")
+    return target
+
+
+def _hclog_errors(stderr: str) -> list[dict[str, str]]:
+    lines = [json.loads(x) for x in stderr.splitlines() if x.startswith("{")]
+    return [line for line in lines if line.get("@level") == "error"]
+
+
+@pytest.mark.parametrize("separate_process", [True, False])
+def test_a_changed_file_never_imported_stops_the_plugin_before_its_handshake(
+    tmp_path: Path, package_copy: Path, host_env: dict[str, str], separate_process: bool
+) -> None:
+    """The check ends long after the imports: the plugin, ready to serve, must not say so.
+    (Without a child process the check runs before the imports: the same outcome.)"""
+    path = _launcher(
+        tmp_path,
+        package_copy,
+        run_args=f"check_delays=(0, {SLOW_CHECK}), separate_process={separate_process}",
+    )
+    target = _tamper_unimported(package_copy)
+    started = time.monotonic()
+    refused = _run(path, env=host_env)
+    assert time.monotonic() - started >= SLOW_CHECK
+    assert refused.returncode == launcher.EXIT_TAMPERED, refused.stderr
+    # stdout holds the refusal and nothing else: no handshake line, before or after it
+    (line,) = refused.stdout.splitlines()
+    assert line.startswith("skyflow-vault-plugin: refusing to start: ")
+    assert f"{target} changed since it was installed" in line
+    (logged,) = _hclog_errors(refused.stderr)
+    assert f"{target} changed since it was installed" in logged["@message"]
+    assert "Traceback" not in refused.stderr
+
+
+EARLY_WRITER = """
+import sys
+import time
+
+
+def main() -> int:
+    check = getattr(sys.stdout, "check", None)  # the launcher's gate, until the check passed
+    started = time.monotonic()
+    print("up", flush=True)  # what a plugin's handshake does, at once
+    blocked = time.monotonic() - started
+    done = check is not None and check.done.is_set()
+    print(f"blocked {blocked:.2f} s; check done: {done}", file=sys.stderr)
+    return 0
+"""
+
+
+def test_nothing_reaches_stdout_before_the_check_has_passed(
+    tmp_path: Path, package_copy: Path, host_env: dict[str, str]
+) -> None:
+    # An entry point that writes to stdout at once: the write waits for the check.
+    writer = _launcher(
+        tmp_path / "writer",
+        package_copy,
+        entry=EARLY_WRITER,
+        run_args=f"check_delays=(0, {SLOW_CHECK})",
+    )
+    ran = _run(writer)
+    assert (ran.returncode, ran.stdout) == (0, "up\n"), ran.stderr
+    said = ran.stderr.split("blocked ", 1)[1]
+    assert float(said.split(" s;")[0]) >= 0.5 * SLOW_CHECK
+    assert "check done: True" in said
+
+    # The plugin itself: its handshake line comes after the (slow) check, which reports how
+    # long stdout waited for it.
+    plugin = _launcher(
+        tmp_path / "plugin", package_copy, run_args=f"check_delays=(0, {SLOW_CHECK})"
+    )
+    sample = measure_startup([str(plugin)], env=host_env)
+    assert sample.line.startswith("1|5|unix|")
+    assert sample.handshake_ms >= SLOW_CHECK * 1000
+    assert sample.verify_ms is not None
+    assert sample.verify_ms >= SLOW_CHECK * 1000
+
+
+@pytest.mark.parametrize("separate_process", [True, False])
+def test_one_report_when_the_import_hook_and_the_check_both_refuse(
+    tmp_path: Path, package_copy: Path, host_env: dict[str, str], separate_process: bool
+) -> None:
+    """The hook refuses at once on the main thread, the check fails later on its own: one
+    report, the check's (it names the first difference in manifest order)."""
+    path = _launcher(
+        tmp_path,
+        package_copy,
+        run_args=f"check_delays=(0, {SLOW_CHECK}), separate_process={separate_process}",
+    )
+    target = _tamper_unimported(package_copy)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (package_copy / f"cli{suffix}").write_bytes(b"\x7fELF not really")  # unpinned: refused
+    refused = _run(path, env=host_env)
+    assert refused.returncode == launcher.EXIT_TAMPERED, refused.stderr
+    (line,) = refused.stdout.splitlines()
+    assert f"{target} changed since it was installed" in line
+    (logged,) = _hclog_errors(refused.stderr)
+    assert logged["@message"] == line
+    assert "is not pinned" not in refused.stderr
+
+    # Without the changed file, the hook's refusal is the one report.
+    target.write_text(target.read_text().removesuffix("\n# a harmless-looking change\n"))
+    refused = _run(path, env=host_env)
+    assert refused.returncode == launcher.EXIT_TAMPERED, refused.stderr
+    (line,) = refused.stdout.splitlines()
+    assert f"cli{suffix} is not pinned by this plugin's launcher" in line
+    assert len(_hclog_errors(refused.stderr)) == 1
+
+
+BUSY_ENTRY = """
+import time
+
+
+def main() -> int:
+    time.sleep(30)  # still busy (importing, say) when the check fails
+    print("up")
+    return 0
+"""
+
+
+def test_a_failed_check_ends_the_process_while_the_main_thread_is_busy(
+    tmp_path: Path, package_copy: Path, host_env: dict[str, str]
+) -> None:
+    path = _launcher(tmp_path, package_copy, entry=BUSY_ENTRY)
+    target = _tamper_unimported(package_copy)
+    started = time.monotonic()
+    refused = _run(path, env=host_env)
+    assert time.monotonic() - started < 15
+    assert refused.returncode == launcher.EXIT_TAMPERED, refused.stderr
+    (line,) = refused.stdout.splitlines()
+    assert f"{target} changed since it was installed" in line
+
+
+QUIET_REFUSAL = """
+import sys
+
+
+def main() -> int:
+    print("not started by a host", file=sys.stderr)  # as the plugin run by hand
+    return 1
+"""
+
+
+@pytest.mark.parametrize("separate_process", [True, False])
+def test_an_entry_point_that_ends_without_writing_still_waits_for_the_check(
+    tmp_path: Path, package_copy: Path, separate_process: bool
+) -> None:
+    # It returns 1 at once, writing nothing to stdout, while the check still runs: the
+    # changed file still decides the exit status.
+    path = _launcher(
+        tmp_path,
+        package_copy,
+        entry=QUIET_REFUSAL,
+        run_args=f"check_delays=(0, {SLOW_CHECK}), separate_process={separate_process}",
+    )
+    target = _tamper_unimported(package_copy)
+    refused = _run(path)
+    assert refused.returncode == launcher.EXIT_TAMPERED, refused.stderr
+    if separate_process:  # else the check ran first
+        assert refused.stderr.startswith("not started by a host\n")
+    assert f"refusing to start: {target} changed since it was installed" in refused.stderr
+    assert refused.stdout == ""
+
+
+NATIVE_PROBE = """
+import os
+import sys
+
+
+def copies(name: str) -> int:
+    \"\"\"How many sealed copies of the library ``name`` this process holds.\"\"\"
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        found += link.startswith(f"/memfd:skyflow-plugin:{name}")
+    return found
+
+
+def main() -> int:
+    gate = sys.stdout  # the launcher's stand-in, until its check has passed
+    pinned = gate.check.pinned
+    here = os.path.dirname(__file__)
+    (bisect,) = [n for n in os.listdir(here) if n.startswith("_bisect.")]
+    (heapq,) = [n for n in os.listdir(here) if n.startswith("_heapq.")]
+    running = not gate.check.done.is_set()
+    from skyflow_vault_plugin import _bisect  # the check has not started yet
+
+    with open("/proc/self/maps") as maps:
+        mapped = maps.read()
+    report = [
+        f"imported while the check ran: {running}",
+        f"works: {_bisect.bisect_right([1, 2, 3], 2)}",
+        f"mapped from sealed copy: {'memfd:skyflow-plugin:' + bisect in mapped}",
+        f"mapped from path: {os.path.join(here, bisect) in mapped}",
+    ]
+    gate.check.wait()
+    report += [
+        f"bisect copies: {copies(bisect)}",
+        f"bisect kept for an import: {any(p.endswith(bisect) for p in pinned.native)}",
+        f"heapq copies before stdout: {copies(heapq)}",
+        f"heapq kept for an import: {any(p.endswith(heapq) for p in pinned.native)}",
+    ]
+    print("\\n".join(report))  # opens the gate
+    print(f"kept after stdout opened: {len(pinned.native)}; heapq copies: {copies(heapq)}")
+    return 0
+"""
+
+
+def test_a_native_library_imported_before_the_check_reaches_it_is_read_once(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    import _bisect
+    import _heapq
+
+    for module in (_bisect, _heapq):  # _heapq: pinned, never imported
+        extension = Path(str(module.__file__))
+        shutil.copy2(extension, package_copy / extension.name)
+    path = _launcher(
+        tmp_path,
+        package_copy,
+        entry=NATIVE_PROBE,
+        run_args=f"check_delays=({SLOW_CHECK}, 0)",
+        distributions=[],
+    )
+    ran = _run(path)
+    assert ran.returncode == 0, ran.stderr
+    report = ran.stdout.splitlines()
+    assert report == [
+        "imported while the check ran: True",
+        "works: 2",
+        "mapped from sealed copy: True",
+        "mapped from path: False",
+        # The import hook read, hashed and loaded it; the check took its finding and kept no
+        # second copy.
+        "bisect copies: 1",
+        "bisect kept for an import: False",
+        # The check's copy of a library not imported yet waits for its import, until the
+        # check has passed and stdout opened; then it is freed.
+        "heapq copies before stdout: 1",
+        "heapq kept for an import: True",
+        "kept after stdout opened: 0; heapq copies: 0",
+    ]
+
+
+def _small_manifest(tmp_path: Path) -> dict[str, object]:
+    blob = importlib.util.MAGIC_NUMBER + b"code"
+    names = [f"m{i:02d}.txt" for i in range(8)]
+    for name in names:
+        (tmp_path / name).write_text(name)
+    pinned = [[0, name, hashlib.sha256(name.encode()).hexdigest(), None] for name in names]
+    return _manifest(tmp_path, blob, pinned)
+
+
+def test_the_check_runs_on_threads_where_no_process_can_be_forked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _small_manifest(tmp_path)
+
+    def no_fork() -> int:
+        raise PermissionError("fork is not allowed here")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    files, _, fd = launcher.verify(launcher.Pinned(manifest), separate_process=True)
+    os.close(fd)
+    assert files == 9
+    (tmp_path / "m03.txt").write_text("changed")
+    with pytest.raises(launcher.IntegrityError, match=r"m03\.txt changed since"):
+        launcher.verify(launcher.Pinned(manifest), separate_process=True)
+
+
+def test_a_check_process_that_dies_fails_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _small_manifest(tmp_path)
+
+    def killed(self: launcher.Check, copies: list[int], out: int) -> None:
+        os._exit(9)
+
+    monkeypatch.setattr(launcher.Check, "_child_main", killed)
+    with pytest.raises(launcher.IntegrityError, match=r"ended without a verdict \(exit status 9\)"):
+        launcher.verify(launcher.Pinned(manifest), separate_process=True)
 
 
 # -- the lock file ---------------------------------------------------------------------------------

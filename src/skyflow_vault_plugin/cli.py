@@ -189,7 +189,10 @@ def _check(args: argparse.Namespace) -> int:
     )
     verify = stats["verify_median_ms"]
     if verify is not None:
-        print(f"  integrity check: {verify:.0f} ms (median); every pinned file matched")
+        print(
+            f"  integrity check: {verify:.0f} ms (median, alongside the imports); "
+            "every pinned file matched"
+        )
     else:
         print("  no integrity check reported: this is not a launcher written by `install`")
     return 0

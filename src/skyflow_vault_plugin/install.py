@@ -3,8 +3,8 @@
 The host pins the sha256 of the one file it runs. :func:`install` writes that file as a
 *launcher* (see :mod:`skyflow_vault_plugin.launcher`) which embeds the sha256 of every file
 the plugin can import (what is pinned, and why: :mod:`skyflow_vault_plugin.pinning`). The
-launcher checks them all before importing any of them, so the registered sha256 covers the
-code that runs, not only the launcher.
+launcher checks each module as it loads it and all of them before the plugin may answer the
+host, so the registered sha256 covers the code that runs, not only the launcher.
 
 Files written into the plugin directory ``DIR`` for ``--name NAME``:
 
