@@ -1,10 +1,12 @@
 """Plugin reads against builtin kv-v2 reads and the Go floor on the same OpenBao, with wrk.
 
-Four reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), a read of
+Five reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), a read of
 ``nullgo`` (a zero-work Go plugin: the floor any external plugin can reach, see
 bench/floor.py), the engine's warm ``creds`` read (resolve-path and the read; the token
-comes from memory) and the SDK's example plugin read (resolve-path, the read, and a storage
-get back to the host).
+comes from memory), the same read from a catalog entry with the audit line off
+(``SKYFLOW_AUDIT_LOG=false``: nullgo logs nothing, and the host parses every line a plugin
+logs, so this row measures what the line costs) and the SDK's example plugin read
+(resolve-path, the read, and a storage get back to the host).
 Also: the plugin's resident memory while serving three mounts, and exec-to-handshake.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.floor import build_floor
-from bench.stack import DEFAULT_PLUGINS, BenchStack, bench_stack
+from bench.stack import DEFAULT_PLUGINS, SKYFLOW_LAUNCHER, BenchStack, bench_stack
 from bench.wrk import LoadResult, run_wrk
 from skyflow_devtools.processes import plugin_pids
 from skyflow_vault_plugin.install import install
@@ -31,6 +33,8 @@ NULLGO = "nullgo"
 KV = "kv-v2 read (baseline)"
 FLOOR = "nullgo read (Go floor)"
 CREDS = "skyflow warm creds read"
+CREDS_QUIET = "skyflow warm creds read, audit line off"
+QUIET_PLUGIN = "skyflow-noaudit"
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ def run() -> str:
     lines = ["## Plugin reads against kv-v2 and the Go floor (issues 2, 4, 12)", ""]
     floor = build_floor()
     plugins = dict(DEFAULT_PLUGINS)
+    plugins[QUIET_PLUGIN] = (SKYFLOW_LAUNCHER, {"ENV": "dev", "SKYFLOW_AUDIT_LOG": "false"})
     if floor.executable is not None:
         plugins[NULLGO] = (floor.executable, {})
     lines += [
@@ -140,6 +145,9 @@ def run() -> str:
             client.enable_secrets(NULLGO, NULLGO)
             targets[FLOOR] = (f"{NULLGO}/creds/anything", NULLGO)
         targets[CREDS] = (f"{mounts[0]}/creds/producer", "skyflow")
+        quiet = stack.add_skyflow_mounts(QUIET_PLUGIN, QUIET_PLUGIN)[0]
+        client.read(f"{quiet}/creds/producer")
+        targets[CREDS_QUIET] = (f"{quiet}/creds/producer", QUIET_PLUGIN)
         targets["SDK example plugin read"] = ("kvpy/kv/bench", "kvpy")
         token = stack.bao.root_token
         for connections in CONNECTIONS:
