@@ -253,3 +253,20 @@ def test_log_fields_refuses_to_overwrite_a_record_attribute_as_extra_does() -> N
     logger = _logger(CountingStream())
     with pytest.raises(KeyError, match="levelname"):
         log_fields(logger, logging.INFO, "token request", {"levelname": "x"})
+
+
+def test_lines_left_pending_by_a_stopped_loop_leave_with_the_next_loops_lines() -> None:
+    stream = CountingStream()
+    logger = _logger(stream, window=0.05)
+
+    async def log(message: str, wait: float) -> None:
+        logger.info(message)
+        await asyncio.sleep(wait)
+
+    asyncio.run(log("first", 0))  # the loop stops before its window ends
+    assert stream.writes == 0
+    asyncio.run(log("second", 0.1))
+    assert [json.loads(line)["@message"] for line in stream.getvalue().splitlines()] == [
+        "first",
+        "second",
+    ]

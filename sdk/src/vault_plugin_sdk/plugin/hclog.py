@@ -146,6 +146,7 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one the handles are on
 
     def emit(self, record: logging.LogRecord) -> None:
         # Called with the handler's lock held (logging.Handler.handle).
@@ -176,6 +177,11 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         except RuntimeError:  # no loop in this thread: write at once, after what is pending
             self._write(self._take() + line + self.terminator)
             return
+        if loop is not self._loop:
+            # A new event loop: what the last one scheduled will never run (it stopped
+            # before its window ended); its lines are still pending and go out first.
+            self._loop = loop
+            self._timer = self._soon = None
         self._pending.append(line)
         self._pending_bytes += len(line)
         if levelno >= logging.WARNING or self._pending_bytes >= self.max_bytes:
