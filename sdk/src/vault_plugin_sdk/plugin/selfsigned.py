@@ -13,9 +13,9 @@ test has the host's Go TLS stack verify it).
 
 from __future__ import annotations
 
-import base64
 import datetime
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,7 +82,7 @@ def self_signed_certificate(
     signature = key.sign(tbs, ec.ECDSA(digest))
     cert_der = _sequence(tbs + algorithm + _bit_string(signature))
     return SelfSignedCertificate(
-        cert_pem=pem("CERTIFICATE", cert_der),
+        cert_pem=ssl.DER_cert_to_PEM_cert(cert_der).encode(),
         cert_der=cert_der,
         key_pem=key.private_bytes(
             serialization.Encoding.PEM,
@@ -120,13 +120,6 @@ def tbs_certificate(
         + public_key_der
         + _EXTENSIONS
     )
-
-
-def pem(label: str, der: bytes) -> bytes:
-    """``der`` in PEM armour, 64 base64 characters a line (RFC 7468)."""
-    text = base64.b64encode(der)
-    body = b"".join(text[i : i + 64] + b"\n" for i in range(0, len(text), 64))
-    return f"-----BEGIN {label}-----\n".encode() + body + f"-----END {label}-----\n".encode()
 
 
 # -- DER (X.690) --------------------------------------------------------------------------
