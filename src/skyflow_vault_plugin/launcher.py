@@ -674,6 +674,16 @@ def _under(path: str, roots: Sequence[str]) -> bool:
 _SEALS = ("F_SEAL_WRITE", "F_SEAL_GROW", "F_SEAL_SHRINK", "F_SEAL_SEAL")
 
 
+def _all_seals() -> int:
+    """The seals a copy gets (:func:`_fill`) and must have to be loaded (``adopt``)."""
+    import fcntl
+
+    seals = 0
+    for name in _SEALS:
+        seals |= getattr(fcntl, name)
+    return seals
+
+
 class SealedCopy:
     """A copy of a file that the dynamic loader can open and nobody can change, and the
     sha256 of exactly the bytes it holds.
@@ -717,9 +727,7 @@ class SealedCopy:
         sealed, with the sha256 and size it reported; ``None`` when it is not sealed."""
         import fcntl
 
-        seals = 0
-        for name in _SEALS:
-            seals |= getattr(fcntl, name)
+        seals = _all_seals()
         if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & seals != seals:
             return None
         copy = cls.__new__(cls)
@@ -756,10 +764,7 @@ def _fill(memfd: int, path: str) -> tuple[str, int]:
     import fcntl
 
     found = _copy_hashed(path, memfd)
-    seals = 0
-    for name in _SEALS:
-        seals |= getattr(fcntl, name)
-    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, seals)
+    fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, _all_seals())
     return found
 
 
