@@ -166,3 +166,74 @@ def test_a_bad_engine_variable_stops_the_process_with_a_logged_error(
     assert lines[-1]["@level"] == "error"
     assert variable in lines[-1]["@message"]
     assert "Traceback" not in done.stderr
+
+
+# Stops the plugin at its handshake line and prints which of NOT_AT_START it had imported.
+_AT_HANDSHAKE = """
+import os
+import sys
+
+sys.path[:0] = {path!r}  # what the launcher puts there (run with -I -S: no site module)
+NOT_AT_START = {names!r}
+
+
+class Handshake:
+    def write(self, text: str) -> int:
+        if "|unix|" in text:
+            sys.__stderr__.write(repr(sorted(n for n in NOT_AT_START if n in sys.modules)))
+            sys.__stderr__.flush()
+            os._exit(0)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+sys.stdout = Handshake()
+from skyflow_vault_plugin.cli import main
+
+main([])
+"""
+
+
+def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need() -> None:
+    """What the host waits for before its handshake: not the operator commands' argument
+    parsing and paths, not the framework's error-path helpers, not the engine's HTTP, JWT and
+    telemetry libraries (it imports those at its first Setup)."""
+    from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_VALUE
+    from vault_plugin_sdk.plugin.tls import self_signed_certificate
+
+    names = (
+        "argparse",
+        "pathlib",
+        "difflib",
+        "httpx",
+        "jwt",
+        "opentelemetry",
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        MAGIC_COOKIE_KEY: MAGIC_COOKIE_VALUE,
+        "PLUGIN_PROTOCOL_VERSIONS": "5",
+        "PLUGIN_CLIENT_CERT": self_signed_certificate().cert_pem.decode(),
+    }
+    import sysconfig
+
+    import skyflow_vault_plugin
+    import vault_plugin_sdk
+
+    path = [
+        str(Path(skyflow_vault_plugin.__file__).parent.parent),
+        str(Path(vault_plugin_sdk.__file__).parent.parent),
+        sysconfig.get_path("purelib"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _AT_HANDSHAKE.format(path=path, names=names)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "[]"

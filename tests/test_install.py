@@ -143,6 +143,44 @@ def test_bad_names_env_and_interpreter_paths_are_refused(tmp_path: Path) -> None
         render_launcher("{}", "/" + "x" * 300)
 
 
+def test_the_launcher_runs_its_install_time_byte_code_and_keeps_its_text(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    """A script is compiled from its text at every start; the launcher's text is compiled
+    once, at install, and kept beside its byte-code for the reader (and for an interpreter
+    of another byte-code format, which runs the text and is refused by it)."""
+    result = install(tmp_path / "plugins", package_dir=package_copy)
+    text = result.path.read_text()
+    main = text.split('\nif __name__ == "__main__":\n')[1]
+    namespace = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(text).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    source = Path(launcher.__file__).read_text(encoding="utf-8")
+    assert namespace["SOURCE"] == source
+    assert namespace["MAGIC"] == importlib.util.MAGIC_NUMBER.hex()
+    code = marshal.loads(namespace["LAUNCHER"])  # noqa: S302 -- what install just wrote
+    assert code == compile(source, launcher.__file__, "exec", dont_inherit=True)
+    assert "exec(marshal.loads(LAUNCHER))" in main
+    assert _run(result.path, "--version").returncode == 0
+
+    # Another byte-code format: the text runs (here it finds the same interpreter and starts).
+    magic = f"\nMAGIC = {namespace['MAGIC']!r}\n"
+    result.path.write_text(text.replace(magic, "\nMAGIC = 'ffffffff'\n"))
+    version = _run(result.path, "--version")
+    assert (version.returncode, version.stdout.strip()) == (0, "skyflow-vault-plugin v0.1.0")
+    # ...and refuses when the interpreter is not the one recorded (here: its version).
+    recorded = repr(sys.version)
+    assert recorded in text
+    result.path.write_text(
+        text.replace(magic, "\nMAGIC = 'ffffffff'\n").replace(recorded, repr("2.7.18"), 1)
+    )
+    refused = _run(result.path, "--version")
+    assert refused.returncode == launcher.EXIT_TAMPERED
+    assert "sys.version is" in refused.stderr
+
+
 # -- the launcher in-process -----------------------------------------------------------------------
 
 

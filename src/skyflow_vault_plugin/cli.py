@@ -10,14 +10,14 @@ With arguments it is the operator's tool::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
     from vault_plugin_sdk.framework import Backend, BackendConfig
 
 PROG = "skyflow-vault-plugin"
@@ -93,6 +93,11 @@ def _log_startup_error(message: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Imported for the operator's commands only: the plugin's start (no arguments) does not
+    # wait on them (argparse, gettext, pathlib and what pathlib imports: a few ms).
+    import argparse
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(

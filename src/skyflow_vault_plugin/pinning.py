@@ -34,6 +34,7 @@ __all__ = [
     "PinnedFile",
     "build_manifest",
     "collect_files",
+    "marshalled_code",
     "runtime_distributions",
     "sha256_hex",
 ]
@@ -220,9 +221,18 @@ def collect_files(
 def _compile(path: Path, source: bytes) -> bytes | None:
     """The marshalled code of a Python file, or ``None`` if it does not compile here."""
     try:
-        code = compile(source, str(path), "exec", dont_inherit=True)
+        return marshalled_code(path, source)
     except (SyntaxError, ValueError):
         return None  # e.g. a file for another Python; the launcher compiles it if ever imported
+
+
+def marshalled_code(path: Path, source: bytes | str) -> bytes:
+    """The code of a Python file compiled and marshalled, the same bytes at every install.
+
+    Raises:
+        SyntaxError, ValueError: it does not compile here.
+    """
+    code = compile(source, str(path), "exec", dont_inherit=True)
     # Version 2 has no back-references: versions 3+ mark objects by their reference count,
     # which depends on whatever else the installing process has loaded, so the same code
     # would give different bytes (and a different sha256) from one install to the next.

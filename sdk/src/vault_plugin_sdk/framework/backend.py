@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -193,6 +192,8 @@ class Backend:
 def unknown_field_problem(name: str, path: Path) -> str:
     """The 400 text for a field ``path`` does not declare, naming the closest field it does
     (a typo such as ``role_id`` for ``role_ids``); fields taken from the URL are not offered."""
+    import difflib  # only on this error path: not among the imports of every start
+
     known = [f for f in path.fields if f not in path.regex.groupindex]
     close = difflib.get_close_matches(name[:100], known, n=1, cutoff=0.6)
     if close:
