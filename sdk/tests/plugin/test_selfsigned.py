@@ -103,13 +103,33 @@ def test_the_certificate_verifies_with_its_own_key(curve: str) -> None:
     assert all(len(line) <= 64 for line in made.cert_pem.splitlines())
 
 
-def test_making_the_certificate_does_not_import_cryptography_x509() -> None:
-    """The point of the module: the plugin's start does not pay for the x509 package."""
+@pytest.mark.parametrize("curve", ["P-256", "P-521"])
+def test_the_key_and_its_public_half_are_encoded_as_cryptography_does(curve: str) -> None:
+    made = selfsigned.self_signed_certificate(curve=curve)  # type: ignore[arg-type]
+    key = serialization.load_pem_private_key(made.key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert made.key_pem == key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # The whole signed part, its SubjectPublicKeyInfo included, as the builder writes it.
+    cert = x509.load_der_x509_certificate(made.cert_der)
+    digest = hashes.SHA512() if curve == "P-521" else hashes.SHA256()
+    reference = _reference_tbs(
+        key, cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc, digest
+    )
+    assert cert.tbs_certificate_bytes == reference
+
+
+def test_making_the_certificate_imports_neither_x509_nor_serialization() -> None:
+    """The point of the module: the plugin's start pays for neither package."""
     code = (
         "import sys\n"
         "from vault_plugin_sdk.plugin.tls import build_tls, self_signed_certificate\n"
         "build_tls(self_signed_certificate(curve='P-521').cert_pem.decode())\n"
-        "print(sorted(m for m in sys.modules if m.startswith('cryptography.x509')))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(\n"
+        "    ('cryptography.x509', 'cryptography.hazmat.primitives.serialization'))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -6,13 +6,15 @@ a fifth of the plugin's whole start on a quiet machine (``-X importtime``), for 
 certificate whose layout never changes. So the certificate is assembled here from DER
 pieces: everything but the serial number, the validity and the public key is a constant.
 The key is made, and the certificate signed, by ``cryptography``'s EC primitives; the
-layout is what ``cryptography.x509.CertificateBuilder`` writes for the same fields
-(``tests/plugin/test_selfsigned.py`` compares the two byte for byte, and every end-to-end
-test has the host's Go TLS stack verify it).
+layout is what ``cryptography.x509.CertificateBuilder`` writes for the same fields, and the
+key's encodings (its public key in the certificate, the PKCS#8 private key) are what
+cryptography's serialization writes (``tests/plugin/test_selfsigned.py`` compares them byte
+for byte, and every end-to-end test has the host's Go TLS stack verify the certificate).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import secrets
 import ssl
@@ -58,37 +60,45 @@ def self_signed_certificate(
         valid_for: how long the certificate is valid from now (it is also backdated a few
             minutes, for clocks that differ slightly).
     """
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     if curve == "P-521":
         key = ec.generate_private_key(ec.SECP521R1())
         digest: hashes.SHA256 | hashes.SHA512 = hashes.SHA512()
-        algorithm = _ECDSA_WITH_SHA512
+        algorithm, curve_oid, size = _ECDSA_WITH_SHA512, _SECP521R1, 66
     else:
         key = ec.generate_private_key(ec.SECP256R1())
         digest = hashes.SHA256()
-        algorithm = _ECDSA_WITH_SHA256
+        algorithm, curve_oid, size = _ECDSA_WITH_SHA256, _PRIME256V1, 32
+    # The key's encodings are assembled here too: ``private_bytes`` would import
+    # cryptography's serialization package (its SSH key support among it), about 3 ms of the
+    # plugin's start, for two fixed layouts (the tests compare them with cryptography's).
+    private = key.private_numbers()
+    public = private.public_numbers
+    point = b"\x04" + public.x.to_bytes(size, "big") + public.y.to_bytes(size, "big")
+    key_algorithm = _sequence(_EC_PUBLIC_KEY + curve_oid)
     now = datetime.datetime.now(datetime.UTC)
     tbs = tbs_certificate(
         serial=random_serial_number(),
         not_before=now - datetime.timedelta(minutes=5),
         not_after=now + valid_for,
-        public_key_der=key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
+        public_key_der=_sequence(key_algorithm + _bit_string(point)),  # SubjectPublicKeyInfo
         algorithm=algorithm,
     )
     signature = key.sign(tbs, ec.ECDSA(digest))
     cert_der = _sequence(tbs + algorithm + _bit_string(signature))
+    # PKCS#8 PrivateKeyInfo around an RFC 5915 ECPrivateKey (its curve named once, outside).
+    ec_private_key = _sequence(
+        _integer(1)
+        + _tlv(0x04, private.private_value.to_bytes(size, "big"))
+        + _tlv(0xA1, _bit_string(point))
+    )
+    pkcs8 = _sequence(_integer(0) + key_algorithm + _tlv(0x04, ec_private_key))
     return SelfSignedCertificate(
         cert_pem=ssl.DER_cert_to_PEM_cert(cert_der).encode(),
         cert_der=cert_der,
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
+        key_pem=_pem("PRIVATE KEY", pkcs8),
     )
 
 
@@ -167,6 +177,15 @@ def _time(moment: datetime.datetime) -> bytes:
     return _tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode())
 
 
+def _pem(label: str, der: bytes) -> bytes:
+    # RFC 7468: base64 in lines of 64 characters between the labels.
+    text = base64.b64encode(der)
+    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
+    return b"\n".join(
+        [f"-----BEGIN {label}-----".encode(), *lines, f"-----END {label}-----\n".encode()]
+    )
+
+
 def _extension(oid: str, value: bytes, *, critical: bool) -> bytes:
     flag = _tlv(0x01, b"\xff") if critical else b""
     return _sequence(_oid(oid) + flag + _tlv(0x04, value))
@@ -175,6 +194,9 @@ def _extension(oid: str, value: bytes, *, critical: bool) -> bytes:
 _VERSION_3 = _tlv(0xA0, _integer(2))  # [0] EXPLICIT Version: v3 is 2
 _ECDSA_WITH_SHA256 = _sequence(_oid("1.2.840.10045.4.3.2"))
 _ECDSA_WITH_SHA512 = _sequence(_oid("1.2.840.10045.4.3.4"))
+_EC_PUBLIC_KEY = _oid("1.2.840.10045.2.1")  # id-ecPublicKey
+_PRIME256V1 = _oid("1.2.840.10045.3.1.7")  # P-256
+_SECP521R1 = _oid("1.3.132.0.35")  # P-521
 # Name: CN=localhost, a UTF8String as cryptography writes it.
 _LOCALHOST_NAME = _sequence(_tlv(0x31, _sequence(_oid("2.5.4.3") + _tlv(0x0C, b"localhost"))))
 _EXTENSIONS = _tlv(
