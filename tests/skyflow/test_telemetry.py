@@ -54,6 +54,7 @@ from skyflow_vault_plugin.skyflow.telemetry import (
     note_cache,
     trace_id_from_traceparent,
 )
+from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
 from vault_plugin_sdk.framework import (
@@ -457,9 +458,10 @@ class Recorded:
 
 @contextlib.contextmanager
 def recorded(**overrides: Any) -> Iterator[Recorded]:
-    """Telemetry with ``overrides``, recording into memory; shut down at the end."""
+    """Telemetry with ``overrides``, recording into memory; shut down at the end. The reader
+    merges the fast histogram's points, as the plugin's exporting reader does."""
     exporter = InMemorySpanExporter()
-    reader = InMemoryMetricReader()
+    reader = MergingInMemoryMetricReader()
     settings = TelemetrySettings(traces_enabled=True, metrics_enabled=True, **overrides)
     telemetry = OTelTelemetry(
         settings, span_processor=SimpleSpanProcessor(exporter), metric_readers=[reader]

@@ -25,7 +25,7 @@ from opentelemetry import trace as trace_api
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -39,6 +39,7 @@ from vault_plugin_sdk.framework import Request
 from ... import __version__
 from .classify import classify_error
 from .disabled import Telemetry
+from .histogram import MergingPeriodicExportingMetricReader, histogram_for
 from .labels import ApplicationLabels, ctx_shape, request_id_label
 from .names import (
     ATTR_APPLICATION,
@@ -129,7 +130,7 @@ class _Counter:
 class _Instruments:
     """Every metric instrument, created once per process."""
 
-    def __init__(self, provider: MeterProvider) -> None:
+    def __init__(self, provider: MeterProvider, readers: Sequence[MetricReader]) -> None:
         meter = provider.get_meter(INSTRUMENTATION_NAME, __version__)
         self.tokens_issued = _Counter("mount", "role", "cache", "application")
         self.tokens_failed = _Counter("mount", "role", "error_type", "application")
@@ -181,11 +182,17 @@ class _Instruments:
             meter.create_observable_counter(
                 name, callbacks=[counter.observe], unit=unit, description=description
             )
-        self.token_duration = meter.create_histogram(
-            METRIC_TOKEN_DURATION,
+        # Recorded on every creds read: without the SDK's per-measurement work where the
+        # readers allow it (histogram.py).
+        self.token_duration = histogram_for(
+            meter,
+            readers,
+            InstrumentationScope(INSTRUMENTATION_NAME, __version__),
+            name=METRIC_TOKEN_DURATION,
             unit="ms",
             description="Time to answer creds/<role>, cache hits included.",
-            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_MS,
+            boundaries=LATENCY_BUCKETS_MS,
+            names=("mount", "role", "outcome", "cache"),
         )
         self.upstream_duration = meter.create_histogram(
             METRIC_UPSTREAM_DURATION,
@@ -326,7 +333,7 @@ class OTelTelemetry(Telemetry):
             self.meter_provider = MeterProvider(
                 metric_readers=readers, resource=resource, shutdown_on_exit=False
             )
-            self._metrics = _Instruments(self.meter_provider)
+            self._metrics = _Instruments(self.meter_provider, readers)
 
     def _span_exporter(self) -> Any:
         from .otlp_spans import FastOTLPSpanExporter
@@ -341,7 +348,7 @@ class OTelTelemetry(Telemetry):
         exporter = OTLPMetricExporter(
             endpoint=self.settings.metrics_endpoint, timeout=self.settings.metrics_timeout
         )
-        return PeriodicExportingMetricReader(
+        return MergingPeriodicExportingMetricReader(
             exporter, export_interval_millis=self.settings.metrics_export_interval * 1000.0
         )
 
@@ -539,10 +546,7 @@ class OTelTelemetry(Telemetry):
                 metrics.tokens_issued.add(mount, role, cache, scope.application)
             else:
                 metrics.tokens_failed.add(mount, role, error_type, scope.application)
-            metrics.token_duration.record(
-                scope.duration_ms(),
-                {"mount": mount, "role": role, "outcome": outcome, "cache": cache},
-            )
+            metrics.token_duration.record(scope.duration_ms(), (mount, role, outcome, cache))
             lookup = _CACHE_LOOKUP.get(scope.cache)
             if lookup is not None:
                 metrics.cache_lookups.add(mount, role, lookup)
