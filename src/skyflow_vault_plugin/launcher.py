@@ -9,7 +9,9 @@ sha256:
    isolated: ``-I`` (no ``PYTHON*`` variables, no user site-packages, no script directory on
    ``sys.path``) and ``-S`` (no ``site`` module, so no ``.pth`` file runs). No file of the
    virtualenv is read before verification: not ``pyvenv.cfg``, not ``bin/python``;
-2. the text of this module (standard library only);
+2. this module (standard library only), compiled at install time, which is what runs, and
+   its text, for the reader and for an interpreter of another byte-code format (which the
+   text then refuses: step 1 below);
 3. the identity of that interpreter as it started at install time (``sys.executable``,
    ``sys.version``, the prefixes and ``sys.path``);
 4. a manifest: the sha256 of every file of the plugin package and of its runtime
