@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from skyflow_vault_plugin.skyflow.telemetry.histogram import (
     CARDINALITY_LIMIT,
     FastHistogram,
+    KeyedHistogram,
     MergingInMemoryMetricReader,
     histogram_for,
 )
@@ -62,6 +64,28 @@ def _comparable(point: HistogramDataPoint) -> tuple[Any, ...]:
     )
 
 
+def _keyed(
+    reader: MetricReader, boundaries: Sequence[float] = (1.0,)
+) -> tuple[MeterProvider, KeyedHistogram]:
+    """A provider with ``reader``, and ``histogram_for`` that reader. As in the plugin,
+    another instrument of the meter has a point at every collection (a collection without
+    any SDK point reaches no reader: the fast points would wait for the next)."""
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("skyflow_vault_plugin", "9.9.9")
+    meter.create_counter("requests").add(1)
+    keyed = histogram_for(
+        meter,
+        [reader],
+        SCOPE,
+        name="duration",
+        unit="ms",
+        description="",
+        boundaries=boundaries,
+        names=NAMES,
+    )
+    return provider, keyed
+
+
 def _pair(
     temporality: AggregationTemporality,
 ) -> tuple[MetricReader, Any, MetricReader, Any]:
@@ -73,20 +97,7 @@ def _pair(
         "duration", unit="ms", explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_MS
     )
     fast_reader = MergingInMemoryMetricReader(preferred_temporality=preferred)
-    meter = MeterProvider(metric_readers=[fast_reader]).get_meter("skyflow_vault_plugin", "9.9.9")
-    # As in the plugin, other instruments of the meter have points at every collection (a
-    # collection without any SDK point reaches no reader: the fast points wait for the next).
-    meter.create_counter("requests").add(1)
-    fast = histogram_for(
-        meter,
-        [fast_reader],
-        SCOPE,
-        name="duration",
-        unit="ms",
-        description="",
-        boundaries=LATENCY_BUCKETS_MS,
-        names=NAMES,
-    )
+    _, fast = _keyed(fast_reader, LATENCY_BUCKETS_MS)
     assert isinstance(fast, FastHistogram)
     return sdk_reader, sdk, fast_reader, fast
 
@@ -120,18 +131,7 @@ def test_a_delta_reader_sees_only_what_came_since_its_last_collection() -> None:
 
 def test_the_points_join_the_meters_own_scope() -> None:
     reader = MergingInMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("skyflow_vault_plugin", "9.9.9")
-    meter.create_counter("requests").add(1)
-    fast = histogram_for(
-        meter,
-        [reader],
-        SCOPE,
-        name="duration",
-        unit="ms",
-        description="d",
-        boundaries=(1.0,),
-        names=NAMES,
-    )
+    _, fast = _keyed(reader)
     fast.record(0.5, KEYS[0])
     data = reader.get_metrics_data()
     assert data is not None
@@ -147,22 +147,10 @@ def test_readers_that_cannot_carry_it_get_the_sdks_histogram() -> None:
             preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()}
         ),
     ):
-        meter = MeterProvider(metric_readers=[reader]).get_meter("skyflow_vault_plugin", "9.9.9")
-        keyed = histogram_for(
-            meter,
-            [reader],
-            SCOPE,
-            name="duration",
-            unit="ms",
-            description="",
-            boundaries=(1.0,),
-            names=NAMES,
-        )
+        _, keyed = _keyed(reader)
         assert not isinstance(keyed, FastHistogram)
         keyed.record(0.5, KEYS[0])
-        data = reader.get_metrics_data()
-        assert data is not None
-        (point,) = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+        (point,) = _points(reader, "duration")
         assert dict(point.attributes or {}) == dict(zip(NAMES, KEYS[0], strict=True))
 
 
@@ -224,16 +212,6 @@ def test_the_plugins_otlp_reader_takes_the_fast_histogram_unless_told_otherwise(
     exporter = OTLPMetricExporter(endpoint="http://127.0.0.1:9/v1/metrics")
     reader = MergingPeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
     assert reader.aggregates_histograms_by_default is fast
-    provider = MeterProvider(metric_readers=[reader])
-    keyed = histogram_for(
-        provider.get_meter("skyflow_vault_plugin", "9.9.9"),
-        [reader],
-        SCOPE,
-        name="duration",
-        unit="ms",
-        description="",
-        boundaries=(1.0,),
-        names=NAMES,
-    )
+    provider, keyed = _keyed(reader)
     assert isinstance(keyed, FastHistogram) is fast
     provider.shutdown()

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry.metrics import Histogram as ApiHistogram
 from opentelemetry.metrics import Meter
@@ -116,7 +116,7 @@ class FastHistogram:
         self.scope = scope
         self._lock = threading.Lock()
         self._cumulative = _Table(time.time_ns())
-        self._tables = [self._cumulative]
+        self._tables: list[_Table] = []  # what a record adds to: one per watching reader kind
         self._delta: dict[int, _Table] = {}  # by id() of the reader
 
     def record(self, value: float, key: tuple[str, ...]) -> None:
@@ -141,11 +141,14 @@ class FastHistogram:
                     point.max = value
 
     def watch(self, reader: MetricReader, temporality: AggregationTemporality) -> None:
-        """Keep what ``reader`` needs: its own table when it wants deltas."""
-        if temporality is AggregationTemporality.DELTA:
-            with self._lock:
+        """Keep what ``reader`` needs: its own table when it wants deltas, else the table
+        that every cumulative reader shares."""
+        with self._lock:
+            if temporality is AggregationTemporality.DELTA:
                 table = self._delta[id(reader)] = _Table(time.time_ns())
                 self._tables.append(table)
+            elif self._cumulative not in self._tables:
+                self._tables.append(self._cumulative)
 
     def metric(self, reader: MetricReader, temporality: AggregationTemporality) -> Metric | None:
         """What ``reader`` collects now (``None``: nothing was recorded)."""
@@ -199,12 +202,13 @@ class MergingMetricReader(MetricReader):
     """A reader whose collections also carry the points of its :class:`FastHistogram`\\ s,
     in the histogram's instrumentation scope."""
 
-    _fast_histograms: list[FastHistogram]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before the reader's own set-up: a periodic reader's thread may collect at once.
+        self._fast_histograms: list[FastHistogram] = []
+        super().__init__(*args, **kwargs)
 
     def add_histogram(self, histogram: FastHistogram) -> None:
         """Merge ``histogram`` into this reader's collections from now on."""
-        if not hasattr(self, "_fast_histograms"):
-            self._fast_histograms = []
         histogram.watch(self, self.histogram_temporality)
         self._fast_histograms.append(histogram)
 
@@ -226,9 +230,8 @@ class MergingMetricReader(MetricReader):
         return True
 
     def _merged(self, metrics_data: MetricsData) -> MetricsData:
-        histograms = getattr(self, "_fast_histograms", [])
         extra: dict[InstrumentationScope, list[Metric]] = {}
-        for histogram in histograms:
+        for histogram in self._fast_histograms:
             metric = histogram.metric(self, self.histogram_temporality)
             if metric is not None:
                 extra.setdefault(histogram.scope, []).append(metric)
