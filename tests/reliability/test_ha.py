@@ -87,14 +87,15 @@ def creds(client: BaoClient, role: str = "producer") -> Any:
     return response
 
 
-def wait_for_mount(client: BaoClient) -> None:
-    """A standby sets a new mount up a moment after the leader enabled it."""
+def wait_for_role(client: BaoClient) -> None:
+    """A standby sets a new mount up a moment after the leader enabled it, and serves reads
+    from its own raft copy, which applies the role written through the leader a moment
+    later still (the mount's route can exist before the role does)."""
 
-    def routed() -> bool:
-        response = client.request("GET", f"{MOUNT}/creds/producer")
-        return "no handler for route" not in response.text
+    def replicated() -> bool:
+        return client.request("GET", f"{MOUNT}/roles/producer").status_code == 200
 
-    poll_until(routed, timeout=30, message=f"the mount on {client.addr}")
+    poll_until(replicated, timeout=30, message=f"the mount and its role on {client.addr}")
 
 
 def wait_for_version(client: BaoClient, version: int) -> float:
@@ -125,10 +126,11 @@ def test_ha_cluster(ha: HA) -> None:
     report("enable + config + role through the leader", time.monotonic() - started)
     assert claims_of(creds(on_leader))["sub"] == first["clientID"]
 
-    # creds through each standby's address, once the standby has set the new mount up
+    # creds through each standby's address, once the standby has set the new mount up and
+    # applied the role
     for standby in standbys:
         started = time.monotonic()
-        wait_for_mount(ha.node_client(standby))
+        wait_for_role(ha.node_client(standby))
         claims = claims_of(creds(ha.node_client(standby)))
         report(f"first creds through standby {standby.node_id}", time.monotonic() - started)
         assert claims["sub"] == first["clientID"]
