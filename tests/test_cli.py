@@ -198,8 +198,10 @@ main([])
 
 def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need() -> None:
     """What the host waits for before its handshake: not the operator commands' argument
-    parsing and paths, not the framework's error-path helpers, not the engine's HTTP, JWT and
-    telemetry libraries (it imports those at its first Setup)."""
+    parsing and paths, not the framework's error-path helpers, not ``tempfile`` (with
+    ``shutil`` and its compression libraries) for the socket's directory, not the
+    percent-encoding of gRPC error messages, not the engine's HTTP, JWT and telemetry
+    libraries (it imports those at its first Setup)."""
     from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_VALUE
     from vault_plugin_sdk.plugin.tls import self_signed_certificate
 
@@ -207,6 +209,9 @@ def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need()
         "argparse",
         "pathlib",
         "difflib",
+        "tempfile",
+        "shutil",
+        "urllib.parse",
         "httpx",
         "jwt",
         "opentelemetry",

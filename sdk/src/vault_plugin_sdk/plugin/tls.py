@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -75,6 +74,8 @@ def _chain_path(chain_pem: bytes) -> Iterator[str]:
         finally:
             os.close(fd)
         return
+    import tempfile  # only here: the module imports shutil and compression libraries
+
     with tempfile.TemporaryDirectory(prefix="plugin-tls-") as private_dir:
         os.chmod(private_dir, 0o700)
         path = os.path.join(private_dir, "chain.pem")
