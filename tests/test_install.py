@@ -726,6 +726,29 @@ def test_a_changed_file_never_imported_stops_the_plugin_before_its_handshake(
     assert "Traceback" not in refused.stderr
 
 
+GC_PROBE = """
+import gc
+import sys
+
+
+def main() -> int:
+    before = gc.isenabled()
+    print("up", flush=True)  # the handshake line opens stdout
+    print(f"collector before {before}, after {gc.isenabled()}", file=sys.stderr)
+    return 0
+"""
+
+
+def test_the_garbage_collector_is_off_until_the_handshake(
+    tmp_path: Path, package_copy: Path
+) -> None:
+    """The imports make objects that nearly all live on: the launcher skips looking for
+    cycles among them, and collects as usual from the handshake line on."""
+    ran = _run(_launcher(tmp_path, package_copy, entry=GC_PROBE))
+    assert (ran.returncode, ran.stdout) == (0, "up\n"), ran.stderr
+    assert "collector before False, after True" in ran.stderr
+
+
 EARLY_WRITER = """
 import sys
 import time
