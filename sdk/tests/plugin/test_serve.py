@@ -214,3 +214,15 @@ def test_exits_when_the_host_dies(host_tls: HostTLS, tmp_path: Path) -> None:
         assert not alive
     finally:
         host.kill()
+
+
+def test_an_unusable_tmpdir_stops_the_plugin_with_its_fix_named(
+    host_tls: HostTLS, tmp_path: Path
+) -> None:
+    """No handshake, exit status 1, and a line that says what to change."""
+    env = dict(host_env(host_tls), TMPDIR=str(tmp_path / "gone"))
+    done = subprocess.run(PLUGIN, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert "socket directory in" in done.stderr
+    assert "writable TMPDIR" in done.stderr
+    assert "Traceback" not in done.stderr

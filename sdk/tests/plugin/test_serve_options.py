@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import logging
 import signal
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +106,24 @@ async def test_the_broker_caps_h2_closed_streams_only_when_asked(asked: int | No
         assert now == (saved if asked is None else asked)
     finally:
         H2Connection.MAX_CLOSED_STREAMS = saved
+
+
+def test_the_socket_directory_is_private_and_made_in_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a Go plugin makes its own: $TMPDIR, else /tmp; only this user may enter it."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    first = Path(serve_module._socket_directory())
+    second = Path(serve_module._socket_directory())
+    assert first.parent == second.parent == tmp_path
+    assert first != second
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+
+
+def test_an_unusable_tmpdir_is_named_with_its_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "gone"
+    monkeypatch.setenv("TMPDIR", str(missing))
+    with pytest.raises(OSError, match=r"socket directory in .*gone.*writable TMPDIR"):
+        serve_module._socket_directory()

@@ -126,7 +126,11 @@ async def _run(
         HealthService(),
     ]
     server = GrpcServer(services)
-    socket_dir = _socket_directory()
+    try:
+        socket_dir = _socket_directory()
+    except OSError as exc:
+        log.error("the plugin cannot start: %s", exc)  # an hclog line the host shows
+        return 1
     socket_path = os.path.join(socket_dir, "plugin.sock")
     try:
         await server.start(path=socket_path, ssl=tls.server if tls else None)
@@ -169,6 +173,12 @@ def _socket_directory() -> str:
             os.mkdir(path, 0o700)
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot make the plugin's socket directory in {base} ($TMPDIR, else /tmp): "
+                f"{exc.strerror}; give the server's environment a writable TMPDIR",
+            ) from None
         return path
 
 
