@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import datetime
 import secrets
-import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,7 +95,7 @@ def self_signed_certificate(
     )
     pkcs8 = _sequence(_integer(0) + key_algorithm + _tlv(0x04, ec_private_key))
     return SelfSignedCertificate(
-        cert_pem=ssl.DER_cert_to_PEM_cert(cert_der).encode(),
+        cert_pem=_pem("CERTIFICATE", cert_der),
         cert_der=cert_der,
         key_pem=_pem("PRIVATE KEY", pkcs8),
     )
