@@ -150,11 +150,14 @@ class FastHistogram:
             elif self._cumulative not in self._tables:
                 self._tables.append(self._cumulative)
 
-    def metric(self, reader: MetricReader, temporality: AggregationTemporality) -> Metric | None:
-        """What ``reader`` collects now (``None``: nothing was recorded)."""
+    def metric(self, reader: MetricReader) -> Metric | None:
+        """What ``reader`` collects now, with the temporality it was watched with (``None``:
+        nothing was recorded)."""
         now = time.time_ns()
+        temporality = AggregationTemporality.CUMULATIVE
         with self._lock:
-            if temporality is AggregationTemporality.DELTA and id(reader) in self._delta:
+            if id(reader) in self._delta:
+                temporality = AggregationTemporality.DELTA
                 table = self._delta[id(reader)]
                 fresh = self._delta[id(reader)] = _Table(now)
                 self._tables[self._tables.index(table)] = fresh
@@ -229,10 +232,20 @@ class MergingMetricReader(MetricReader):
                 return _is_default_explicit(aggregation)
         return True
 
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        # The next class in the concrete reader's order (the periodic or the in-memory one,
+        # below) receives the collection with the fast points added; mypy sees only the
+        # abstract MetricReader here.
+        super()._receive_metrics(  # type: ignore[safe-super]
+            self._merged(metrics_data), timeout_millis, **kwargs
+        )
+
     def _merged(self, metrics_data: MetricsData) -> MetricsData:
         extra: dict[InstrumentationScope, list[Metric]] = {}
         for histogram in self._fast_histograms:
-            metric = histogram.metric(self, self.histogram_temporality)
+            metric = histogram.metric(self)
             if metric is not None:
                 extra.setdefault(histogram.scope, []).append(metric)
         if not extra:
@@ -274,19 +287,9 @@ def _is_default_explicit(aggregation: Aggregation) -> bool:
 class MergingPeriodicExportingMetricReader(MergingMetricReader, PeriodicExportingMetricReader):
     """The OTLP exporting reader, with the fast histograms' points."""
 
-    def _receive_metrics(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object
-    ) -> None:
-        super()._receive_metrics(self._merged(metrics_data), timeout_millis, **kwargs)
-
 
 class MergingInMemoryMetricReader(MergingMetricReader, InMemoryMetricReader):
     """The in-memory reader (tests), with the fast histograms' points."""
-
-    def _receive_metrics(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: object
-    ) -> None:
-        super()._receive_metrics(self._merged(metrics_data), timeout_millis, **kwargs)
 
 
 class _SdkKeyed:
