@@ -354,7 +354,8 @@ class Check:
         suffixes = tuple(EXTENSION_SUFFIXES)
         native = [path for path in pinned.files if path.endswith(suffixes)]
         self._natives = sorted(native, key=_size, reverse=True)
-        self._others = [pinned.bytecode, *(p for p in pinned.files if p not in set(native))]
+        native_set = set(native)  # once: not per file of the manifest
+        self._others = [pinned.bytecode, *(p for p in pinned.files if p not in native_set)]
         self._found: dict[str, tuple[str, int] | IntegrityError] = {}
         self._queue: Iterator[str] = iter(())
         self._lock = _thread.allocate_lock()
