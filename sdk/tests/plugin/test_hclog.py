@@ -5,6 +5,7 @@ loop turn)."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import io
 import json
 import logging
@@ -270,3 +271,78 @@ def test_lines_left_pending_by_a_stopped_loop_leave_with_the_next_loops_lines() 
         "first",
         "second",
     ]
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Label(enum.StrEnum):
+    HIT = "hit"
+
+
+TRICKY: dict[str, object] = {
+    "quote": 'say "hi"\\ \n\t\x00\x1f',
+    "unicode": "naïve ☃ 𝄞",
+    "empty": "",
+    "zero": 0,
+    "negative": -7,
+    "big": 2**70,
+    "true": True,
+    "false": False,
+    "float": 0.1,
+    "tiny": 5e-324,
+    "huge": 1e300,
+    "minus_zero": -0.0,
+    "nan": float("nan"),
+    "inf": float("inf"),
+    "minus_inf": float("-inf"),
+    "int_enum": Level.HIGH,
+    "str_enum": Label.HIT,
+    "none": None,
+    "tuple": ("a", 1),
+    'ключ "x"': "non-ASCII key",
+}
+
+
+@pytest.mark.parametrize("key", sorted(TRICKY))
+def test_each_field_is_written_as_the_json_encoder_writes_it(key: str) -> None:
+    # The writer builds the line field by field; the oracle is json.dumps of the object the
+    # line stands for (plain values as they are, anything else as its str()).
+    value = TRICKY[key]
+    line = HclogFormatter().format_fields(logging.INFO, "m", "msg", 0.0, {key: value})
+    plain = value if isinstance(value, (str, int, float, bool)) else str(value)
+    expected = {
+        "@level": "info",
+        "@message": "msg",
+        "@module": "m",
+        "@timestamp": "1970-01-01T00:00:00.000000Z",
+        key: plain,
+    }
+    assert line == json.dumps(expected, separators=(",", ":"))
+
+
+def test_a_whole_line_is_the_json_encoders_bytes() -> None:
+    formatter = HclogFormatter()
+    for _ in range(2):  # the second time from the remembered head and keys
+        line = formatter.format_fields(logging.WARNING, 'mod "q"', "m\u00e9ssage", 1.5, TRICKY)
+        entry: dict[str, object] = {
+            "@level": "warn",
+            "@message": "m\u00e9ssage",
+            "@module": 'mod "q"',
+            "@timestamp": "1970-01-01T00:00:01.500000Z",
+        }
+        for key in sorted(TRICKY):
+            value = TRICKY[key]
+            entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        assert line == json.dumps(entry, separators=(",", ":"))
+
+
+def test_an_exceptions_fields_come_last_and_win_over_extra_fields_of_their_name() -> None:
+    record = _record()
+    record.__dict__.update({"error_type": "mine", "alpha": 1})
+    line = HclogFormatter().format(record)
+    entry = json.loads(line)
+    assert list(entry)[-2:] == ["error_type", "stack"]
+    assert entry["error_type"] == "RuntimeError"
+    assert line.count('"error_type"') == 1
