@@ -346,3 +346,22 @@ def test_an_exceptions_fields_come_last_and_win_over_extra_fields_of_their_name(
     assert list(entry)[-2:] == ["error_type", "stack"]
     assert entry["error_type"] == "RuntimeError"
     assert line.count('"error_type"') == 1
+
+
+def test_lines_with_the_same_names_in_other_orders_or_other_names_come_sorted() -> None:
+    formatter = HclogFormatter()
+    shapes: list[dict[str, object]] = [
+        {"b": 1, "a": "x", "_hidden": 1},
+        {"a": "y", "b": 2},  # the same names, another order
+        {"b": 3, "a": "z", "_hidden": 2},  # remembered
+        {"c": True, "a": "w"},
+        {"b": 4, "a": "v", "c": 0.5},
+    ]
+    lines = [formatter.format_fields(logging.INFO, "m", "msg", 0.0, shape) for shape in shapes]
+    expected = [
+        {key: shape[key] for key in sorted(shape) if not key.startswith("_")} for shape in shapes
+    ]
+    assert [
+        {k: v for k, v in json.loads(line).items() if not k.startswith("@")} for line in lines
+    ] == expected
+    assert [list(json.loads(line))[4:] for line in lines] == [list(e) for e in expected]

@@ -40,10 +40,10 @@ class HclogFormatter(logging.Formatter):
     and the record's extra attributes as key/value pairs.
 
     The line is the one ``json.dumps`` (ASCII, no spaces) writes for that object, but it is
-    written field by field: the object is never built, the head (level, message, module)
-    and each ``"key":`` are encoded once and remembered, and a value of a plain type costs
-    one C call. A line per request (an audit line) took about twice as long through the
-    encoder (issue 12).
+    written field by field: the object is never built; the head (level, message, module)
+    and, for each set of field names, their sorted and encoded ``"key":`` are made once and
+    remembered; and a value of a plain type costs one C call. A line per request (an audit
+    line) took more than twice as long through the encoder (issue 12).
     """
 
     _second = -1
@@ -52,7 +52,7 @@ class HclogFormatter(logging.Formatter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heads: dict[tuple[int, str, str], str] = {}
-        self._keys: dict[str, str] = {}
+        self._layouts: dict[tuple[str | None, ...], list[tuple[str, str]]] = {}
 
     def _timestamp(self, created: float) -> str:
         # RFC 3339 in UTC with microseconds; the date and time part is formatted once a second.
@@ -100,20 +100,19 @@ class HclogFormatter(logging.Formatter):
                 self._heads.clear()
             self._heads[(levelno, name, message)] = head
         parts = [head, ',"@timestamp":"', self._timestamp(created), '"']
-        # Sorted, so that a line's fields come in one order (the host re-orders them anyway);
-        # the exception's fields come last and win over extra fields of the same name.
-        items = [(key, fields[key]) for key in sorted(fields) if not key.startswith("_")]
-        if last:
-            items = [item for item in items if item[0] not in last]
-            items.extend(last.items())
-        keys = self._keys
-        for key, value in items:  # inline, not a call per field: a line per request
-            encoded_key = keys.get(key)
-            if encoded_key is None:
-                encoded_key = f",{_quote(key)}:"
-                if len(keys) >= _MEMO_LIMIT:
-                    keys.clear()
-                keys[key] = encoded_key
+        # The line's keys, sorted (so that its fields come in one order; the host re-orders
+        # them anyway) and encoded, remembered by the fields' own order: a line per request
+        # has the same keys as the last one. The exception's fields come last and win over
+        # extra fields of the same name.
+        shape = tuple(fields) if last is None else (*fields, None, *last)
+        layout = self._layouts.get(shape)
+        if layout is None:
+            layout = self._layout(fields, last)
+            if len(self._layouts) >= _MEMO_LIMIT:
+                self._layouts.clear()
+            self._layouts[shape] = layout
+        for key, encoded_key in layout:  # inline, not a call per field
+            value = fields[key] if last is None or key not in last else last[key]
             if type(value) is str:
                 parts.append(encoded_key + _quote(value))
             elif type(value) is int:
@@ -127,6 +126,16 @@ class HclogFormatter(logging.Formatter):
                 parts.append(encoded_key + _encode(plain))
         parts.append("}")
         return "".join(parts)
+
+    @staticmethod
+    def _layout(
+        fields: Mapping[str, object], last: Mapping[str, object] | None
+    ) -> list[tuple[str, str]]:
+        """``(key, ',"key":')`` in the order the line writes them."""
+        keys = [key for key in sorted(fields) if not key.startswith("_")]
+        if last:
+            keys = [key for key in keys if key not in last] + list(last)
+        return [(key, f",{_quote(key)}:") for key in keys]
 
 
 MAX_FRAMES = 40
