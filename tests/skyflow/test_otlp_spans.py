@@ -10,15 +10,20 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from skyflow_devtools.otlp import OTLPSink, otlp_sink
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
+    EncodedSpan,
     FastOTLPSpanExporter,
-    Unsupported,
+    encode_span,
     encode_spans_request,
 )
 
@@ -92,16 +97,75 @@ def _with_event(provider: TracerProvider) -> None:
     span.end()
 
 
-def test_events_are_left_to_the_library() -> None:
-    with pytest.raises(Unsupported):
-        encode_spans_request(_record(_with_event))
+def _shapes_and_an_event(provider: TracerProvider) -> None:
+    _many_shapes(provider)
+    provider.get_tracer("t").start_span("between").end()
+    _with_event(provider)
+    _many_shapes(provider)
+
+
+def test_a_span_with_events_is_encoded_by_the_library_among_the_others() -> None:
+    spans = _record(_shapes_and_an_event)
+    assert [len(span.events) for span in spans].count(1) == 1
+    assert encode_spans_request(spans) == encode_spans(spans).SerializeToString()
 
 
 def test_a_value_otlp_cannot_carry_is_left_to_the_library() -> None:
+    # The library logs it and leaves that attribute out; so do we, through it.
     spans = _record(lambda p: p.get_tracer("t").start_span("x").end())
-    spans[0]._attributes = {"odd": object()}  # type: ignore[dict-item]  # what a buggy instrumentation could set
-    with pytest.raises(Unsupported):
-        encode_spans_request(spans)
+    spans[0]._attributes = {"odd": object(), "kept": 1}  # type: ignore[dict-item]  # what a buggy instrumentation could set
+    assert encode_spans_request(spans) == encode_spans(spans).SerializeToString()
+    sent = ExportTraceServiceRequest.FromString(encode_spans_request(spans))
+    assert [kv.key for kv in sent.resource_spans[0].scope_spans[0].spans[0].attributes] == ["kept"]
+
+
+def _encoded_twin(span: ReadableSpan) -> EncodedSpan:
+    """``span`` as the plugin makes a cache hit's span: encoded as it finishes."""
+    assert span.context is not None
+    assert span.start_time is not None
+    assert span.end_time is not None
+    assert span.instrumentation_scope is not None
+    payload = encode_span(
+        span.context,
+        span.parent,
+        span.name,
+        span.kind.value,
+        span.start_time,
+        span.end_time,
+        span.attributes,
+        span.status,
+    )
+    return EncodedSpan(span.context, span.resource, span.instrumentation_scope, payload)
+
+
+def test_spans_encoded_as_they_finish_are_exported_as_the_library_would() -> None:
+    spans = _record(_shapes_and_an_event)
+    mixed = [
+        _encoded_twin(span) if i % 2 and not span.events else span for i, span in enumerate(spans)
+    ]
+    assert encode_spans_request(mixed) == encode_spans(spans).SerializeToString()
+
+
+def test_spans_encoded_as_they_finish_go_through_the_sdks_batch_processor(
+    receiver: OTLPSink,
+) -> None:
+    # The SDK's processor reads only the context of what it is handed (sampled or not) and
+    # queues it for the exporter: an upgrade that reads more fails here.
+    spans = _record(_many_shapes)
+    exporter = FastOTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=5)
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    try:
+        for span in spans:
+            processor.on_end(_encoded_twin(span))  # type: ignore[arg-type]
+        unsampled = _encoded_twin(spans[0])
+        unsampled.context = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(0))
+        processor.on_end(unsampled)  # type: ignore[arg-type]
+        assert processor.force_flush(5_000)
+    finally:
+        processor.shutdown()  # type: ignore[no-untyped-call]
+    assert [
+        (path, ExportTraceServiceRequest.FromString(body)) for path, body in receiver.payloads
+    ] == [("/v1/traces", encode_spans(spans))]
 
 
 @pytest.fixture

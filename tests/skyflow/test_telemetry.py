@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from skyflow_devtools.otlp import otlp_sink
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import make_factory
@@ -56,6 +59,7 @@ from skyflow_vault_plugin.skyflow.telemetry import (
 )
 from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
+from skyflow_vault_plugin.skyflow.telemetry.scope import current_scope
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
 from vault_plugin_sdk.framework import (
     BadRequest,
@@ -917,6 +921,55 @@ async def test_a_failing_instrument_never_fails_a_request(
     async with configured("direct", emulator, rec.telemetry, creds) as client:
         assert (await client.read("creds/producer")).status == 200
         assert (await client.read("creds/producer")).status == 200
+
+
+async def test_the_exporting_pipeline_sends_a_cache_hits_span_as_the_sdk_records_it() -> None:
+    # The plugin's own pipeline encodes a cache hit's span as it ends (EncodedSpan); an
+    # injected processor gets a ReadableSpan. Both must describe the same span.
+    async def warm(req: Request, data: Any) -> None:
+        scope = current_scope()
+        assert scope is not None
+        scope.role = "producer"
+        note_cache("hit")
+
+    requests = [_request(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01"), _request()]
+    for req in requests:
+        req.match = {"name": "producer"}
+        req.mount_point = "skyflow/insurance/"
+    with otlp_sink(keep=True) as sink, recorded() as rec:
+        settings = TelemetrySettings(
+            traces_enabled=True, traces_endpoint=f"{sink.endpoint}/v1/traces"
+        )
+        exporting = OTelTelemetry(settings)
+        try:
+            for telemetry in (rec.telemetry, exporting):
+                for req in requests:
+                    await telemetry.instrument(TOKEN_GENERATE, warm)(req, FieldData({}, {}))
+            await exporting.flush()
+        finally:
+            exporting.shutdown()
+        recorded_spans = rec.exporter.get_finished_spans()
+        ((path, body),) = sink.payloads
+    assert path == "/v1/traces"
+    (sent,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    expected = encode_spans(recorded_spans).resource_spans[0]
+    assert sent.resource == expected.resource
+    ((scope, spans),) = [(s.scope, list(s.spans)) for s in sent.scope_spans]
+    assert scope == expected.scope_spans[0].scope
+    assert len(spans) == 2
+    assert spans[0].trace_id.hex() == TRACE_ID
+    assert spans[0].parent_span_id.hex() == PARENT_ID
+    assert spans[1].parent_span_id == b""
+    for ours, theirs in zip(spans, expected.scope_spans[0].spans, strict=True):
+        assert ours.start_time_unix_nano <= ours.end_time_unix_nano
+        for span in (ours, theirs):
+            span.ClearField("span_id")
+            span.ClearField("start_time_unix_nano")
+            span.ClearField("end_time_unix_nano")
+        if not ours.parent_span_id:
+            ours.ClearField("trace_id")
+            theirs.ClearField("trace_id")
+        assert ours == theirs
 
 
 async def test_flush_never_waits_longer_than_its_timeout(caplog: pytest.LogCaptureFixture) -> None:

@@ -71,6 +71,7 @@ from .names import (
     UNKNOWN_ROLE,
     Op,
 )
+from .otlp_spans import EncodedSpan, encode_span
 from .scope import CURRENT_SCOPE, OpScope
 from .settings import TelemetrySettings
 
@@ -87,6 +88,7 @@ LATENCY_BUCKETS_MS = (
 """Histogram buckets: the Go plugin's (1 ms to 10 s), plus sub-millisecond ones for cache
 hits and 30 s for the exchange deadline."""
 
+_UNSET = Status(StatusCode.UNSET)
 _CACHE_LOOKUP = {"hit": "hit", "miss": "miss", "coalesced": "coalesced", "stale": "miss"}
 _SHUTDOWN_JOIN = 2.0
 
@@ -323,6 +325,9 @@ class OTelTelemetry(Telemetry):
                 shutdown_on_exit=False,
             )
             self._span_processor = span_processor or BatchSpanProcessor(self._span_exporter())
+            # The plugin's own pipeline (our exporter behind the SDK's batch processor) takes
+            # a cache hit's span already encoded; any other processor gets ReadableSpans.
+            self._encodes_spans = span_processor is None
             self.tracer_provider.add_span_processor(self._span_processor)
             self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
             self._scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
@@ -521,16 +526,37 @@ class OTelTelemetry(Telemetry):
         )
         if decision is Decision.DROP:
             return trace_api.NonRecordingSpan(span_context)
+        end_time = time.time_ns()
+        kept = sampling.attributes  # as in Tracer.start_span: what the sampler returned
+        if self._encodes_spans:
+            # Its bytes now, on this thread, instead of a ReadableSpan that the exporter's
+            # thread would read and encode later (issue 12): the attribute sets repeat, and
+            # their encoding is remembered.
+            payload = encode_span(
+                span_context,
+                parent,
+                name,
+                kind.value,
+                scope.start_ns,
+                end_time,
+                kept,
+                status or _UNSET,
+            )
+            encoded = EncodedSpan(span_context, provider.resource, self._scope, payload)
+            # BatchSpanProcessor.on_end reads only the span's context, then queues it for
+            # FastOTLPSpanExporter (test_otlp_spans runs this through the SDK's processor).
+            self._span_processor.on_end(encoded)  # type: ignore[arg-type]
+            return trace_api.NonRecordingSpan(span_context)
         span = ReadableSpan(
             name,
             span_context,
             parent,
             provider.resource,
-            MappingProxyType(dict(sampling.attributes or {})),
+            MappingProxyType(dict(kept or {})),
             kind=kind,
-            status=status or Status(StatusCode.UNSET),
+            status=status or _UNSET,
             start_time=scope.start_ns,
-            end_time=time.time_ns(),
+            end_time=end_time,
             instrumentation_scope=self._scope,
         )
         self._span_processor.on_end(span)

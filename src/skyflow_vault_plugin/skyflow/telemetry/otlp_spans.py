@@ -8,11 +8,15 @@ attributes) once per span to group them. Our spans are small and alike, so
 encoded once per batch, and each set of attributes and each ``key=value`` attribute once per
 process (they repeat: mount, role, outcome, cache) in bounded memos.
 
+A span can also be encoded as it finishes (:func:`encode_span`, :class:`EncodedSpan`): the
+request's span of a cache hit is never a live SDK span, and its bytes wait in the batch
+processor's queue instead of a ``ReadableSpan`` that the exporter's thread would read and
+encode later.
+
 The bytes parse to the same ``ExportTraceServiceRequest`` as the library's
 ``encode_spans(spans)`` (tests/skyflow/test_otlp_spans.py compares them field by field).
-What this encoder does not handle (events, links, a value type OTLP has no field for) makes
-it raise :class:`Unsupported`; :class:`FastOTLPSpanExporter` then uses the library's encoder
-for that batch.
+A span this encoder does not handle (events, links) is encoded on its own by the library's
+encoder and its bytes put in their place.
 """
 
 from __future__ import annotations
@@ -28,8 +32,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, Status
 
-__all__ = ["FastOTLPSpanExporter", "Unsupported", "encode_spans_request"]
+__all__ = [
+    "EncodedSpan",
+    "FastOTLPSpanExporter",
+    "Unsupported",
+    "encode_span",
+    "encode_spans_request",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -203,52 +214,119 @@ def _status(code: int, description: str | None) -> bytes:
     return encoded
 
 
-def _span(span: ReadableSpan) -> bytes:
+class EncodedSpan:
+    """A finished span already encoded (the payload of its ``Span`` message).
+
+    It goes through the SDK's ``BatchSpanProcessor`` like a ``ReadableSpan``: the processor
+    reads only ``context`` (whether it is sampled) and queues it for the exporter, which
+    must be a :class:`FastOTLPSpanExporter`. Other processors and exporters would read more
+    of it, so only the plugin's own pipeline is handed one
+    (tests/skyflow/test_otlp_spans.py runs it through the SDK's processor).
+    """
+
+    __slots__ = ("context", "instrumentation_scope", "payload", "resource")
+
+    def __init__(
+        self,
+        context: SpanContext,
+        resource: Resource,
+        instrumentation_scope: InstrumentationScope,
+        payload: bytes,
+    ) -> None:
+        self.context = context
+        self.resource = resource
+        self.instrumentation_scope = instrumentation_scope
+        self.payload = payload
+
+
+def encode_span(
+    context: SpanContext,
+    parent: SpanContext | None,
+    name: str,
+    kind: int,
+    start: int,
+    end: int,
+    attributes: Mapping[str, Any] | None,
+    status: Status,
+    dropped_attributes: int = 0,
+) -> bytes:
+    """The payload of the ``Span`` message of a span without events or links.
+
+    ``kind`` is the ``SpanKind``'s value.
+
+    Raises:
+        Unsupported: an attribute value OTLP cannot carry.
+    """
+    parts = [_TRACE_ID, context.trace_id.to_bytes(16, "big"), _SPAN_ID]
+    parts.append(context.span_id.to_bytes(8, "big"))
+    if context.trace_state:
+        state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
+        parts.append(_delimited(3, state.encode("utf-8")))
+    if parent:
+        parts.append(_PARENT_SPAN_ID)
+        parts.append(parent.span_id.to_bytes(8, "big"))
+    parts.append(_name_and_kind(name, kind))
+    parts.append(_TIMES.pack(_START, start, _END, end))
+    parts.append(_SPAN_ATTRIBUTES.encode(attributes))
+    if dropped_attributes:
+        parts.append(_key(10, _VARINT) + _varint(dropped_attributes))
+    parts.append(_status(status.status_code.value, status.description))
+    parts.append(_FLAGS[parent is not None and parent.is_remote])
+    return b"".join(parts)
+
+
+def _span(span: ReadableSpan | EncodedSpan) -> bytes:
+    if type(span) is EncodedSpan:
+        return span.payload
+    assert isinstance(span, ReadableSpan)
     if span.events or span.links:
         raise Unsupported("events or links")
     context = span.context
     start, end = span.start_time, span.end_time
     if context is None or start is None or end is None:
         raise Unsupported("a span without context or times")
-    parts = [_TRACE_ID, context.trace_id.to_bytes(16, "big"), _SPAN_ID]
-    parts.append(context.span_id.to_bytes(8, "big"))
-    if context.trace_state:
-        state = ",".join(f"{key}={value}" for key, value in context.trace_state.items())
-        parts.append(_delimited(3, state.encode("utf-8")))
-    parent = span.parent
-    if parent:
-        parts.append(_PARENT_SPAN_ID)
-        parts.append(parent.span_id.to_bytes(8, "big"))
-    parts.append(_name_and_kind(span.name, span.kind.value))
-    parts.append(_TIMES.pack(_START, start, _END, end))
-    parts.append(_SPAN_ATTRIBUTES.encode(span.attributes))
-    if span.dropped_attributes:
-        parts.append(_key(10, _VARINT) + _varint(span.dropped_attributes))
-    status = span.status
-    parts.append(_status(status.status_code.value, status.description))
-    parts.append(_FLAGS[parent is not None and parent.is_remote])
-    return b"".join(parts)
+    return encode_span(
+        context,
+        span.parent,
+        span.name,
+        span.kind.value,
+        start,
+        end,
+        span.attributes,
+        span.status,
+        span.dropped_attributes,
+    )
+
+
+def _library_span(span: ReadableSpan) -> bytes:
+    """The span's ``Span`` message as the library encodes it (events, links, anything)."""
+    request = encode_spans([span])
+    return bytes(request.resource_spans[0].scope_spans[0].spans[0].SerializeToString())
 
 
 _ScopeGroup = tuple[InstrumentationScope | None, list[bytes]]
 
 
-def encode_spans_request(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_spans_request(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` of ``spans``.
 
     Spans are grouped by resource and then by instrumentation scope, in the order they first
     appear, as the library does (resources by identity here: hashing a ``Resource`` dumps its
-    attributes as JSON, and one tracer provider has one resource).
-
-    Raises:
-        Unsupported: a span with events or links, or an attribute OTLP cannot carry.
+    attributes as JSON, and one tracer provider has one resource). A span with events or
+    links, or an attribute value OTLP cannot carry, is encoded by the library's encoder, on
+    its own (which logs and leaves out such a value).
     """
     groups: dict[int, tuple[Resource, dict[object, _ScopeGroup]]] = {}
     for span in spans:
         resource = span.resource
         scopes = groups.setdefault(id(resource), (resource, {}))[1]
         scope = span.instrumentation_scope  # hashed by name, version and schema: cheap
-        scopes.setdefault(scope, (scope, []))[1].append(_delimited(2, _span(span)))
+        try:
+            message = _span(span)
+        except Unsupported:
+            assert isinstance(span, ReadableSpan)
+            message = _library_span(span)
+        scopes.setdefault(scope, (scope, []))[1].append(_delimited(2, message))
     out = []
     for resource, scopes in groups.values():
         body = _delimited(1, _resource(resource))
@@ -267,8 +345,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     """``OTLPSpanExporter`` with :func:`encode_spans_request` as its encoder.
 
     Transport, retries, headers, compression, timeouts and the request size limit are the
-    library's; only the encoding differs (and falls back to the library's own for a batch
-    this encoder does not handle).
+    library's; only the encoding differs. It also exports :class:`EncodedSpan` items.
 
     ``export`` follows the library's own (opentelemetry-exporter-otlp-proto-http 1.45, as
     the lock pins it) and uses its ``_client``, ``_metrics``, ``_max_request_size`` and
@@ -276,15 +353,12 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     an upgrade that moves them fails there.
     """
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[ReadableSpan | EncodedSpan]) -> SpanExportResult:
         if self._shutdown:
-            return super().export(spans)  # the library's warning and result
+            return super().export([])  # the library's warning and result
         with self._metrics.export_operation(len(spans)) as result:
             try:
-                try:
-                    data = encode_spans_request(spans)
-                except Unsupported:
-                    data = encode_spans(spans).SerializePartialToString()
+                data = encode_spans_request(spans)
             except Exception as error:
                 _log.error("failed to encode a span batch: %s", error)
                 result.error = error
