@@ -90,12 +90,16 @@ def too_deep_field(text: str, limit: int = 100) -> str | None:
     return None
 
 
+# One encoder for every reply: json.dumps with separators builds a new one per call.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_response(response: Response | None) -> pb.HandleRequestReply:
     """The wire reply for a handler's result; ``None`` stays absent (404 on read, 204 on
     write). Data is always valid JSON, since an empty string makes the host answer 500."""
     if response is None:
         return pb.HandleRequestReply()
-    wire = pb.Response(data=json.dumps(response.wire_data(), separators=(",", ":")))
+    wire = pb.Response(data=_encode_json(response.wire_data()))
     if response.warnings and response.status is None:
         wire.warnings.extend(response.warnings)
     return pb.HandleRequestReply(response=wire)
