@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind, StatusCode
 
 from skyflow_devtools.otlp import otlp_sink
@@ -970,6 +971,51 @@ async def test_the_exporting_pipeline_sends_a_cache_hits_span_as_the_sdk_records
             ours.ClearField("trace_id")
             theirs.ClearField("trace_id")
         assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    ("rate", "traceparent", "asked"),
+    [
+        (1.0, None, False),
+        (1.0, "00-zz-yy-01", False),  # not a valid parent: a root span
+        (1.0, f"00-{TRACE_ID}-{PARENT_ID}-01", True),
+        (0.5, None, True),
+    ],
+    ids=["root", "invalid-parent", "parent", "rate-below-1"],
+)
+async def test_the_sampler_is_asked_unless_its_answer_is_known(
+    monkeypatch: pytest.MonkeyPatch, rate: float, traceparent: str | None, asked: bool
+) -> None:
+    async def ok(req: Request, data: Any) -> None:
+        return None
+
+    with recorded(sample_rate=rate) as rec:
+        provider = rec.telemetry.tracer_provider
+        assert provider is not None
+        ask = provider.sampler.should_sample
+        answers: list[Any] = []
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            answers.append(ask(*args, **kwargs))
+            return answers[-1]
+
+        monkeypatch.setattr(provider.sampler, "should_sample", spy)
+        req = _request(**({"traceparent": traceparent} if traceparent else {}))
+        req.match = {"name": "r"}
+        await rec.telemetry.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
+        assert bool(answers) is asked
+        if asked:
+            return
+        # The span is what the sampler's answer would have made it.
+        (span,) = rec.spans()
+        assert span.context is not None
+        answer = ask(None, span.context.trace_id, span.name, SpanKind.SERVER, span.attributes)
+        assert answer.decision is Decision.RECORD_AND_SAMPLE
+        assert span.context.trace_flags.sampled
+        assert dict(answer.attributes) == dict(span.attributes or {})
+        assert answer.trace_state is None
+        assert not span.context.trace_state
+        assert span.parent is None
 
 
 async def test_flush_never_waits_longer_than_its_timeout(caplog: pytest.LogCaptureFixture) -> None:

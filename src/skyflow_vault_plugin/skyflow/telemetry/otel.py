@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -328,6 +328,8 @@ class OTelTelemetry(Telemetry):
             # The plugin's own pipeline (our exporter behind the SDK's batch processor) takes
             # a cache hit's span already encoded; any other processor gets ReadableSpans.
             self._encodes_spans = span_processor is None
+            # The sampler above samples every span without a parent at a rate of 1.
+            self._samples_every_root = settings.sample_rate >= 1.0
             self.tracer_provider.add_span_processor(self._span_processor)
             self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
             self._scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
@@ -497,8 +499,9 @@ class OTelTelemetry(Telemetry):
 
         ``Tracer.start_span`` and ``Span.end`` cost about five times as much (issue 12: a
         live span, its locks, bounded attribute copies and processor callbacks, for a span
-        that is already over). The decisions are the tracer's own: its sampler, its id
-        generator and trace flags; the attributes are ours and already clean.
+        that is already over). The decisions are the tracer's own: its sampler (asked
+        unless its answer is known: a root span at a sample rate of 1), its id generator
+        and trace flags; the attributes are ours and already clean.
         """
         provider = self.tracer_provider
         assert provider is not None
@@ -511,8 +514,16 @@ class OTelTelemetry(Telemetry):
                 parent = None
         ids = provider.id_generator
         trace_id = parent.trace_id if parent is not None else ids.generate_trace_id()
-        sampling = provider.sampler.should_sample(context, trace_id, name, kind, attributes)
-        decision = sampling.decision
+        kept: Mapping[str, Any] | None
+        if parent is None and self._samples_every_root:
+            # What the sampler would answer, without asking it: TraceIdRatioBased(1.0)
+            # samples every trace id and keeps the attributes, and a span without a valid
+            # parent has no trace state to inherit.
+            decision, kept, trace_state = Decision.RECORD_AND_SAMPLE, attributes, None
+        else:
+            sampling = provider.sampler.should_sample(context, trace_id, name, kind, attributes)
+            decision, kept = sampling.decision, sampling.attributes
+            trace_state = sampling.trace_state
         flags = TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else TraceFlags.DEFAULT
         random = parent.trace_flags.random_trace_id if parent else ids.is_trace_id_random()
         if random:
@@ -522,12 +533,11 @@ class OTelTelemetry(Telemetry):
             ids.generate_span_id(),
             is_remote=False,
             trace_flags=TraceFlags(flags),
-            trace_state=sampling.trace_state,
+            trace_state=trace_state,
         )
         if decision is Decision.DROP:
             return trace_api.NonRecordingSpan(span_context)
         end_time = time.time_ns()
-        kept = sampling.attributes  # as in Tracer.start_span: what the sampler returned
         if self._encodes_spans:
             # Its bytes now, on this thread, instead of a ReadableSpan that the exporter's
             # thread would read and encode later (issue 12): the attribute sets repeat, and
