@@ -56,10 +56,12 @@ from skyflow_vault_plugin.skyflow.telemetry import (
     create_telemetry,
     mount_name,
     note_cache,
+    otel,
     trace_id_from_traceparent,
 )
 from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
+from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import Unsupported
 from skyflow_vault_plugin.skyflow.telemetry.scope import current_scope
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
 from vault_plugin_sdk.framework import (
@@ -971,6 +973,34 @@ async def test_the_exporting_pipeline_sends_a_cache_hits_span_as_the_sdk_records
             ours.ClearField("trace_id")
             theirs.ClearField("trace_id")
         assert ours == theirs
+
+
+async def test_a_span_the_fast_encoder_refuses_is_exported_through_the_library(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise Unsupported("a value OTLP cannot carry")
+
+    async def ok(req: Request, data: Any) -> None:
+        return None
+
+    monkeypatch.setattr(otel, "encode_span", refuse)
+    req = _request()
+    req.match = {"name": "producer"}
+    with otlp_sink(keep=True) as sink:
+        settings = TelemetrySettings(
+            traces_enabled=True, traces_endpoint=f"{sink.endpoint}/v1/traces"
+        )
+        exporting = OTelTelemetry(settings)
+        try:
+            await exporting.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
+            await exporting.flush()
+        finally:
+            exporting.shutdown()
+        ((_, body),) = sink.payloads
+    (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    (span,) = resource_spans.scope_spans[0].spans
+    assert span.name == "SkyflowPlugin.Token.Generate"
 
 
 @pytest.mark.parametrize(

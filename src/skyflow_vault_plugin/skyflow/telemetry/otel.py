@@ -71,7 +71,7 @@ from .names import (
     UNKNOWN_ROLE,
     Op,
 )
-from .otlp_spans import EncodedSpan, encode_span
+from .otlp_spans import EncodedSpan, Unsupported, encode_span
 from .scope import CURRENT_SCOPE, OpScope
 from .settings import TelemetrySettings
 
@@ -538,20 +538,24 @@ class OTelTelemetry(Telemetry):
         if decision is Decision.DROP:
             return trace_api.NonRecordingSpan(span_context)
         end_time = time.time_ns()
+        payload = None
         if self._encodes_spans:
             # Its bytes now, on this thread, instead of a ReadableSpan that the exporter's
             # thread would read and encode later (issue 12): the attribute sets repeat, and
-            # their encoding is remembered.
-            payload = encode_span(
-                span_context,
-                parent,
-                name,
-                kind.value,
-                scope.start_ns,
-                end_time,
-                kept,
-                status or _UNSET,
-            )
+            # their encoding is remembered. A value the encoder cannot write leaves the span
+            # to the library's encoder, as a ReadableSpan.
+            with contextlib.suppress(Unsupported):
+                payload = encode_span(
+                    span_context,
+                    parent,
+                    name,
+                    kind.value,
+                    scope.start_ns,
+                    end_time,
+                    kept,
+                    status or _UNSET,
+                )
+        if payload is not None:
             encoded = EncodedSpan(span_context, provider.resource, self._scope, payload)
             # BatchSpanProcessor.on_end reads only the span's context, then queues it for
             # FastOTLPSpanExporter (test_otlp_spans runs this through the SDK's processor).
