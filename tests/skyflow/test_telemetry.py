@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanKind, StatusCode
 
-from skyflow_devtools.otlp import otlp_sink
+from skyflow_devtools.otlp import OTLPSink, otlp_sink
 from skyflow_emulator import InProcessEmulator
 from skyflow_emulator.state import Faults
 from skyflow_vault_plugin.skyflow.backend import make_factory
@@ -477,6 +477,19 @@ def recorded(**overrides: Any) -> Iterator[Recorded]:
         yield Recorded(telemetry, exporter, reader)
     finally:
         telemetry.shutdown()
+
+
+@contextlib.contextmanager
+def exporting() -> Iterator[tuple[OTelTelemetry, OTLPSink]]:
+    """Telemetry with the plugin's own span pipeline (no injected processor), exporting
+    traces over OTLP/HTTP to a local receiver that keeps what it gets; shut down at the end."""
+    with otlp_sink(keep=True) as sink:
+        endpoint = f"{sink.endpoint}/v1/traces"
+        telemetry = OTelTelemetry(TelemetrySettings(traces_enabled=True, traces_endpoint=endpoint))
+        try:
+            yield telemetry, sink
+        finally:
+            telemetry.shutdown()
 
 
 pytestmark = pytest.mark.usefixtures("fresh_emulator")  # a clean emulator for every test
@@ -939,18 +952,11 @@ async def test_the_exporting_pipeline_sends_a_cache_hits_span_as_the_sdk_records
     for req in requests:
         req.match = {"name": "producer"}
         req.mount_point = "skyflow/insurance/"
-    with otlp_sink(keep=True) as sink, recorded() as rec:
-        settings = TelemetrySettings(
-            traces_enabled=True, traces_endpoint=f"{sink.endpoint}/v1/traces"
-        )
-        exporting = OTelTelemetry(settings)
-        try:
-            for telemetry in (rec.telemetry, exporting):
-                for req in requests:
-                    await telemetry.instrument(TOKEN_GENERATE, warm)(req, FieldData({}, {}))
-            await exporting.flush()
-        finally:
-            exporting.shutdown()
+    with exporting() as (telemetry, sink), recorded() as rec:
+        for observer in (rec.telemetry, telemetry):
+            for req in requests:
+                await observer.instrument(TOKEN_GENERATE, warm)(req, FieldData({}, {}))
+        await telemetry.flush()
         recorded_spans = rec.exporter.get_finished_spans()
         ((path, body),) = sink.payloads
     assert path == "/v1/traces"
@@ -987,16 +993,9 @@ async def test_a_span_the_fast_encoder_refuses_is_exported_through_the_library(
     monkeypatch.setattr(otel, "encode_span", refuse)
     req = _request()
     req.match = {"name": "producer"}
-    with otlp_sink(keep=True) as sink:
-        settings = TelemetrySettings(
-            traces_enabled=True, traces_endpoint=f"{sink.endpoint}/v1/traces"
-        )
-        exporting = OTelTelemetry(settings)
-        try:
-            await exporting.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
-            await exporting.flush()
-        finally:
-            exporting.shutdown()
+    with exporting() as (telemetry, sink):
+        await telemetry.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
+        await telemetry.flush()
         ((_, body),) = sink.payloads
     (resource_spans,) = ExportTraceServiceRequest.FromString(body).resource_spans
     (span,) = resource_spans.scope_spans[0].spans

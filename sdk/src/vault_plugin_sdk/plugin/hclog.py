@@ -74,7 +74,9 @@ class HclogFormatter(logging.Formatter):
             last["error_type"] = type(record.exc_info[1]).__name__
             last["stack"] = stack_frames(record.exc_info[1])
         message = record.getMessage()
-        return self._line(record.levelno, record.name, message, record.created, fields, last)
+        return self._line(
+            record.levelno, record.name, message, record.created, fields, last or None
+        )
 
     def format_fields(
         self, levelno: int, name: str, message: str, created: float, fields: Mapping[str, object]
@@ -111,8 +113,10 @@ class HclogFormatter(logging.Formatter):
             if len(self._layouts) >= _MEMO_LIMIT:
                 self._layouts.clear()
             self._layouts[shape] = layout
+        if last is not None:
+            fields = {**fields, **last}
         for key, encoded_key in layout:  # inline, not a call per field
-            value = fields[key] if last is None or key not in last else last[key]
+            value = fields[key]
             if type(value) is str:
                 parts.append(encoded_key + _quote(value))
             elif type(value) is int:
