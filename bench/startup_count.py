@@ -11,6 +11,7 @@ forked child runs on the other core and is not counted.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -39,7 +40,10 @@ def callgrind_total(text: str) -> int:
 
 
 def count_launcher_start(launcher: Path, timeout: float = 120.0) -> StartupCount:
-    """Run ``launcher`` under callgrind as a host would, stop it at its handshake line."""
+    """Run ``launcher`` under callgrind as a host would, stop it at its handshake line.
+
+    ``timeout`` bounds the wait for the line, and then for the exit.
+    """
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return StartupCount(None, "skipped: valgrind is not installed (apt-get install valgrind)")
@@ -62,7 +66,9 @@ def count_launcher_start(launcher: Path, timeout: float = 120.0) -> StartupCount
             stderr=subprocess.PIPE,
         )
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        line = b""
+        if select.select([proc.stdout], [], [], timeout)[0]:
+            line = proc.stdout.readline()
         proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=timeout)

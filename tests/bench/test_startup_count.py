@@ -57,3 +57,12 @@ def test_without_valgrind_the_count_is_skipped_and_says_how_to_get_it(
     counted = startup_count.count_launcher_start(_launcher(tmp_path, "idle", ""))
     assert counted.instructions is None
     assert "apt-get install valgrind" in counted.note
+
+
+def test_a_start_without_a_handshake_line_is_not_counted(tmp_path: Path) -> None:
+    refusing = tmp_path / "refusing"
+    refusing.write_text(f"#!{sys.executable} -I -S\nimport sys\nsys.exit(3)\n")
+    refusing.chmod(0o755)
+    counted = startup_count.count_launcher_start(refusing)
+    assert counted.instructions is None
+    assert counted.note.startswith("failed: no handshake line")

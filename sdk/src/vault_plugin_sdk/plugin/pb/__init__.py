@@ -25,10 +25,11 @@ def _defer_pure_python_messages() -> None:
     """Load protobuf's pure-Python message classes only if something uses them.
 
     ``google.protobuf.descriptor_pool`` imports ``python_message`` (and with it the text
-    format, the Python wire codec and the well-known types' mixins: about 5% of the plugin's
-    start-up) even when the C implementation (upb) makes every message class, as it does
-    wherever protobuf ships a wheel. Under upb the module is never used; with the pure-Python
-    implementation it is loaded at its first use, exactly as before.
+    format, the Python wire codec and the containers: about 7% of the instructions up to the
+    plugin's handshake) even when the C implementation (upb) makes every message class, as
+    it does wherever protobuf ships a wheel. Under upb the module is never used; with the
+    pure-Python implementation it is loaded at its first use, exactly as before. Nothing
+    changes if it was imported already.
     """
     if _PURE_PYTHON_MESSAGES in sys.modules:
         return
