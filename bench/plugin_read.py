@@ -98,9 +98,12 @@ def _row(name: str, measured: Measured, base: LoadResult, floor: LoadResult | No
 HANDSHAKE_RUNS = 20
 
 
-def handshake_times(nullgo: Path | None, runs: int = HANDSHAKE_RUNS) -> dict[str, float]:
-    """Median exec-to-handshake (ms) for the plugin, nullgo and a bare interpreter, the
-    executables taking turns (a burst of load then weighs on all of them alike)."""
+def handshake_times(
+    launcher: Path, nullgo: Path | None, runs: int = HANDSHAKE_RUNS
+) -> dict[str, float]:
+    """Median exec-to-handshake (ms) for the plugin (plain and through ``launcher``), nullgo
+    and a bare interpreter, the executables taking turns (a burst of load then weighs on all
+    of them alike)."""
     env = fake_host_environment()
     py = sys.executable
     plugin = "import sys; from skyflow_vault_plugin.cli import main; sys.exit(main())"
@@ -110,14 +113,12 @@ def handshake_times(nullgo: Path | None, runs: int = HANDSHAKE_RUNS) -> dict[str
     }
     if nullgo is not None:
         commands["nullgo (Go floor)"] = [str(nullgo)]
-    with tempfile.TemporaryDirectory(prefix="bench-launcher-") as plugin_dir:
-        launcher = install(Path(plugin_dir), "skyflow-vault-plugin").path
-        commands["skyflow-vault-plugin through its verifying launcher"] = [str(launcher)]
-        samples: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(runs):
-            for name, cmd in commands.items():
-                samples[name].append(measure_startup(cmd, env=env).handshake_ms)
-        return {name: statistics.median(values) for name, values in samples.items()}
+    commands["skyflow-vault-plugin through its verifying launcher"] = [str(launcher)]
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, cmd in commands.items():
+            samples[name].append(measure_startup(cmd, env=env).handshake_ms)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def _load() -> str:
@@ -185,7 +186,10 @@ def run() -> str:
         f"Plugin resident memory serving three mounts (after the runs): {rss / 1024:.1f} MiB.",
         "",
     ]
-    times = handshake_times(floor.executable)
+    with tempfile.TemporaryDirectory(prefix="bench-launcher-") as plugin_dir:
+        launcher = install(Path(plugin_dir), "skyflow-vault-plugin").path
+        times = handshake_times(launcher, floor.executable)
+        counted = count_launcher_start(launcher)
     lines += [
         f"Exec-to-handshake (median of {HANDSHAKE_RUNS} starts each, the executables taking "
         "turns; automatic mTLS with a P-521 host certificate):",
@@ -193,8 +197,6 @@ def run() -> str:
     ]
     lines += [f"- {name}: {ms:.0f} ms" for name, ms in times.items()]
     lines.append("")
-    with tempfile.TemporaryDirectory(prefix="bench-launcher-") as plugin_dir:
-        counted = count_launcher_start(install(Path(plugin_dir), "skyflow-vault-plugin").path)
     figure = f"{counted.instructions / 1e6:.1f}M" if counted.instructions is not None else "n/a"
     lines += [
         "The same start through the verifying launcher in instructions, which the machine's "
