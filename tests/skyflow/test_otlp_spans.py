@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -23,17 +24,20 @@ from skyflow_devtools.otlp import OTLPSink, otlp_sink
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
     EncodedSpan,
     FastOTLPSpanExporter,
+    _varint,
+    encode_root_span,
     encode_span,
     encode_spans_request,
+    span_template,
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def _record(build: object) -> list[ReadableSpan]:
+def _record(build: object, n: int = 3) -> list[ReadableSpan]:
     memory = InMemorySpanExporter()
     provider = TracerProvider(
-        resource=Resource.create({"service.name": "skyflow-vault-plugin", "n": 3}),
+        resource=Resource.create({"service.name": "skyflow-vault-plugin", "n": n}),
         shutdown_on_exit=False,
     )
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -135,7 +139,58 @@ def _encoded_twin(span: ReadableSpan) -> EncodedSpan:
         span.attributes,
         span.status,
     )
-    return EncodedSpan(span.context, span.resource, span.instrumentation_scope, payload)
+    return EncodedSpan(payload, span.resource, span.instrumentation_scope)
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**63 - 1, -1, -(2**63)]
+)
+def test_varints_are_protobufs(value: int) -> None:
+    # AnyValue.int_value is field 3, a varint: its message is the tag (0x18), then the value.
+    assert b"\x18" + _varint(value) == AnyValue(int_value=value).SerializeToString()
+
+
+def test_a_root_span_from_its_template_is_what_encode_span_writes() -> None:
+    roots = [
+        span
+        for span in _record(_many_shapes) + _record(_typed_twins)
+        if span.parent is None and not span.events and not span.dropped_attributes
+    ]
+    assert len(roots) >= 8
+    assert {span.status.status_code for span in roots} >= {StatusCode.UNSET}
+    for span in roots:
+        assert span.context is not None
+        assert span.start_time is not None
+        assert span.end_time is not None
+        template = span_template(span.name, span.kind.value, span.attributes, span.status)
+        ids = (span.context.trace_id, span.context.span_id)
+        root = encode_root_span(template, *ids, span.start_time, span.end_time)
+        assert root == encode_span(
+            span.context,
+            None,
+            span.name,
+            span.kind.value,
+            span.start_time,
+            span.end_time,
+            span.attributes,
+            span.status,
+        )
+    errored = Status(StatusCode.ERROR, "rate_limited")
+    template = span_template("x", SpanKind.SERVER.value, {"a": "b"}, errored)
+    context = SpanContext(2**127 + 5, 2**63 + 7, is_remote=False)
+    assert encode_root_span(template, context.trace_id, context.span_id, 10, 20) == encode_span(
+        context, None, "x", SpanKind.SERVER.value, 10, 20, {"a": "b"}, errored
+    )
+
+
+def test_encoded_spans_of_two_providers_interleaved_keep_their_groups() -> None:
+    # The batch encoder takes a span straight into the group of the span before it while
+    # resource and scope are the same objects; any change looks the group up again.
+    first, second = _record(_many_shapes), _record(_many_shapes, n=4)
+    interleaved = [span for pair in zip(first, second, strict=True) for span in pair]
+    twins = [_encoded_twin(span) for span in interleaved]
+    assert encode_spans_request(twins) == encode_spans(interleaved).SerializeToString()
+    assert encode_spans_request(interleaved) == encode_spans(interleaved).SerializeToString()
 
 
 def test_spans_encoded_as_they_finish_are_exported_as_the_library_would() -> None:

@@ -56,6 +56,7 @@ from skyflow_vault_plugin.skyflow.telemetry import (
     create_telemetry,
     mount_name,
     note_cache,
+    note_ctx,
     otel,
     trace_id_from_traceparent,
 )
@@ -71,6 +72,7 @@ from vault_plugin_sdk.framework import (
     FieldError,
     PermissionDenied,
     Request,
+    Response,
     StorageError,
 )
 from vault_plugin_sdk.plugin.pb import backend_pb2 as pb
@@ -981,6 +983,99 @@ async def test_the_exporting_pipeline_sends_a_cache_hits_span_as_the_sdk_records
         assert ours == theirs
 
 
+def _hit(
+    cache: str = "hit", ctx: object = None, status: int | None = None, raises: bool = False
+) -> Any:
+    """A creds handler that answered without an exchange, noting what a real one would."""
+
+    async def handler(req: Request, data: Any) -> Response:
+        note_cache(cache)
+        if ctx is not None:
+            note_ctx(ctx)
+        if raises:
+            raise SkyflowUnavailable("the token endpoint is down")
+        return Response(data={"access_token": "t"}, status=status)
+
+    return handler
+
+
+# Requests whose spans nothing needs while they run, each a different set of attribute
+# values: each is made twice (the second from the template the first left).
+_ROOT_SPAN_CASES: list[tuple[dict[str, str], str, str, Any]] = [
+    ({}, "producer", "skyflow/insurance/", _hit()),
+    ({}, "producer", "skyflow/insurance/", _hit("stale")),
+    ({}, "consumer", "skyflow/insurance/", _hit()),
+    ({}, "producer", "skyflow/lending/", _hit()),
+    ({}, "", "skyflow/insurance/", _hit("")),
+    ({"application-source": "checkout"}, "producer", "skyflow/insurance/", _hit()),
+    ({}, "producer", "skyflow/insurance/", _hit(ctx={"user": "u-1", "region": "eu"})),
+    ({}, "producer", "skyflow/insurance/", _hit(ctx="user-1")),
+    ({}, "producer", "skyflow/insurance/", _hit(status=404)),
+    ({}, "producer", "skyflow/insurance/", _hit(raises=True)),
+]
+
+
+async def test_root_spans_made_from_templates_are_the_spans_the_sdk_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A cache hit's span is made as bytes from a template (OTelTelemetry._encoded_root); an
+    # injected processor gets the SDK's ReadableSpan of the same request. Attribute for
+    # attribute, status and all, they must be the same span, and the audit line must name
+    # the trace that was exported.
+    def requests() -> list[tuple[Request, Any]]:
+        made = []
+        for headers, role, mount, handler in _ROOT_SPAN_CASES * 2:
+            req = _request(**headers)
+            req.match = {"name": role} if role else {}
+            req.mount_point = mount
+            made.append((req, handler))
+        return made
+
+    async def serve(observer: OTelTelemetry) -> None:
+        for req, handler in requests():
+            with contextlib.suppress(SkyflowUnavailable):
+                await observer.instrument(TOKEN_GENERATE, handler)(req, FieldData({}, {}))
+
+    with exporting() as (telemetry, sink), recorded() as rec:
+        await serve(rec.telemetry)
+        with caplog.at_level(logging.INFO, logger=AUDIT_LOGGER):
+            await serve(telemetry)
+        await telemetry.flush()
+        assert telemetry._templates is not None
+        assert len(telemetry._templates) == len(_ROOT_SPAN_CASES)
+        recorded_spans = rec.exporter.get_finished_spans()
+        ((_, body),) = sink.payloads
+    expected = encode_spans(recorded_spans).resource_spans[0].scope_spans[0].spans
+    (sent,) = ExportTraceServiceRequest.FromString(body).resource_spans
+    spans = list(sent.scope_spans[0].spans)
+    assert len(spans) == len(expected) == 2 * len(_ROOT_SPAN_CASES)
+    audited = [vars(r)["trace_id"] for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert audited == [span.trace_id.hex() for span in spans]
+    assert len(set(audited)) == len(spans)
+    for ours, theirs in zip(spans, expected, strict=True):
+        assert ours.start_time_unix_nano <= ours.end_time_unix_nano
+        assert len(ours.trace_id) == 16
+        assert len(ours.span_id) == 8
+        for span in (ours, theirs):
+            for name in ("trace_id", "span_id", "start_time_unix_nano", "end_time_unix_nano"):
+                span.ClearField(name)
+        assert ours == theirs
+
+
+def test_span_templates_are_bounded() -> None:
+    with exporting() as (telemetry, _):
+        assert telemetry._templates is not None
+
+        async def many() -> None:
+            for n in range(otel._TEMPLATE_LIMIT + 10):
+                req = _request()
+                req.match = {"name": f"role-{n}"}
+                await telemetry.instrument(TOKEN_GENERATE, _hit())(req, FieldData({}, {}))
+
+        asyncio.run(many())
+        assert 0 < len(telemetry._templates) <= otel._TEMPLATE_LIMIT
+
+
 async def test_a_span_the_fast_encoder_refuses_is_exported_through_the_library(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -991,6 +1086,7 @@ async def test_a_span_the_fast_encoder_refuses_is_exported_through_the_library(
         return None
 
     monkeypatch.setattr(otel, "encode_span", refuse)
+    monkeypatch.setattr(otel, "span_template", refuse)
     req = _request()
     req.match = {"name": "producer"}
     with exporting() as (telemetry, sink):

@@ -71,7 +71,14 @@ from .names import (
     UNKNOWN_ROLE,
     Op,
 )
-from .otlp_spans import EncodedSpan, Unsupported, encode_span
+from .otlp_spans import (
+    EncodedSpan,
+    SpanTemplate,
+    Unsupported,
+    encode_root_span,
+    encode_span,
+    span_template,
+)
 from .scope import CURRENT_SCOPE, OpScope
 from .settings import TelemetrySettings
 
@@ -91,6 +98,7 @@ hits and 30 s for the exchange deadline."""
 _UNSET = Status(StatusCode.UNSET)
 _CACHE_LOOKUP = {"hit": "hit", "miss": "miss", "coalesced": "coalesced", "stale": "miss"}
 _SHUTDOWN_JOIN = 2.0
+_TEMPLATE_LIMIT = 1024  # span templates kept (one per set of attribute values seen)
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +110,91 @@ def _resource(settings: TelemetrySettings) -> Resource:
         attributes["deployment.environment"] = settings.environment
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over these defaults.
     return Resource.create(attributes).merge(OTELResourceDetector().detect())
+
+
+# A request span's attributes, as functions of plain values: those known when it starts, and
+# those known when it ends. A cache hit's span template (OTelTelemetry._encoded_root) is kept
+# by these very values, so it cannot miss one.
+
+
+def _start_attributes(
+    mount: str, mount_path: str, operation: str, application: str, role: str
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        ATTR_MOUNT: mount,
+        ATTR_MOUNT_PATH: mount_path,
+        ATTR_OPERATION: operation,
+    }
+    # Every attribute costs on each request and again when exported: defaults are left
+    # out (no Application-Source header, no ctx).
+    if application != ApplicationLabels.NONE:
+        attributes[ATTR_APPLICATION] = application
+    if role:
+        attributes[ATTR_ROLE] = role
+    return attributes
+
+
+_StartFields = tuple[str, str, str, str, str]
+_FinalFields = tuple[
+    str, str, str, bool | None, str, tuple[str, tuple[str, ...]] | None, int, int | None, str
+]
+
+
+def _start_fields(scope: OpScope) -> _StartFields:
+    """What the attributes known at a request's start are made of."""
+    req = scope.request
+    return (scope.mount, req.mount_point, req.operation, scope.application, scope.role)
+
+
+def _final_fields(scope: OpScope) -> _FinalFields:
+    """What the attributes known at a request's end are made of."""
+    return (
+        scope.op.family,
+        scope.outcome,
+        scope.error_type,
+        scope.found,
+        scope.cache,
+        ctx_shape(scope.ctx) if scope.ctx is not None else None,
+        scope.attempts,
+        scope.upstream_status,
+        scope.upstream_request_id,
+    )
+
+
+def _final_attributes(
+    family: str,
+    outcome: str,
+    error_type: str,
+    found: bool | None,
+    cache: str,
+    ctx: tuple[str, tuple[str, ...]] | None,
+    attempts: int,
+    upstream_status: int | None,
+    upstream_request_id: str,
+) -> dict[str, Any]:
+    final: dict[str, Any] = {ATTR_OUTCOME: outcome}
+    if error_type:
+        final[ATTR_ERROR_TYPE] = error_type
+    if found is not None:
+        final[ATTR_FOUND] = found
+    if family == "token":
+        final[ATTR_CACHE] = cache or "none"
+        if ctx is not None:
+            kind, keys = ctx
+            final[ATTR_CTX_TYPE] = kind
+            if keys:
+                final[ATTR_CTX_KEYS] = keys
+    if attempts:
+        final[ATTR_UPSTREAM_ATTEMPTS] = attempts
+    if upstream_status is not None:
+        final[ATTR_UPSTREAM_STATUS] = upstream_status
+    if upstream_request_id:
+        final[ATTR_UPSTREAM_REQUEST_ID] = upstream_request_id
+    return final
+
+
+def _status(outcome: str, error_type: str) -> Status | None:
+    return Status(StatusCode.ERROR, error_type) if outcome == ERROR else None
 
 
 class _Counter:
@@ -318,6 +411,8 @@ class OTelTelemetry(Telemetry):
         self.tracer_provider: TracerProvider | None = None
         self.tracer: trace_api.Tracer | None = None
         self._propagator = TraceContextTextMapPropagator()
+        # Cache hits' span templates, when spans are encoded here and roots always sampled.
+        self._templates: dict[tuple[object, ...], SpanTemplate] | None = None
         if settings.traces_enabled:
             self.tracer_provider = TracerProvider(
                 resource=resource,
@@ -333,6 +428,10 @@ class OTelTelemetry(Telemetry):
             self.tracer_provider.add_span_processor(self._span_processor)
             self.tracer = self.tracer_provider.get_tracer(INSTRUMENTATION_NAME, __version__)
             self._scope = InstrumentationScope(INSTRUMENTATION_NAME, __version__)
+            self._ids = self.tracer_provider.id_generator
+            self._resource = self.tracer_provider.resource
+            if self._encodes_spans and self._samples_every_root:
+                self._templates = {}
         self.meter_provider: MeterProvider | None = None
         self._metrics: _Instruments | None = None
         if settings.metrics_enabled:
@@ -388,7 +487,8 @@ class OTelTelemetry(Telemetry):
     #
     # A request's span is created when it ends, with every attribute at once and its real
     # start time; or earlier, when an exchange needs it as a parent (a cache miss). A cache
-    # hit thus costs one span creation, and no context is attached to the event loop's task.
+    # hit thus costs one span creation (with the plugin's own pipeline and no parent, only
+    # its bytes: _encoded_root), and no context is attached to the event loop's task.
 
     def _begin(self, op: Op, req: Request) -> OpScope:
         scope = super()._begin(op, req)
@@ -406,19 +506,7 @@ class OTelTelemetry(Telemetry):
         return self._propagator.extract(carrier)
 
     def _start_attributes(self, scope: OpScope) -> dict[str, Any]:
-        req = scope.request
-        attributes: dict[str, Any] = {
-            ATTR_MOUNT: scope.mount,
-            ATTR_MOUNT_PATH: req.mount_point,
-            ATTR_OPERATION: req.operation,
-        }
-        # Every attribute costs on each request and again when exported: defaults are left
-        # out (no Application-Source header, no ctx).
-        if scope.application != ApplicationLabels.NONE:
-            attributes[ATTR_APPLICATION] = scope.application
-        if scope.role:
-            attributes[ATTR_ROLE] = scope.role
-        return attributes
+        return _start_attributes(*_start_fields(scope))
 
     def open_span(self, scope: OpScope, final: dict[str, Any] | None = None) -> Any:
         """The request's span, started (at the request's start time) if it is not yet."""
@@ -455,6 +543,8 @@ class OTelTelemetry(Telemetry):
         super()._record(scope)
 
     def _trace_id(self, scope: OpScope) -> str:
+        if scope.trace_id:
+            return f"{scope.trace_id:032x}"
         if scope.span is not None:
             context = scope.span.get_span_context()
             if context.is_valid:
@@ -462,25 +552,10 @@ class OTelTelemetry(Telemetry):
         return super()._trace_id(scope)
 
     def _end_span(self, scope: OpScope) -> None:
-        final: dict[str, Any] = {ATTR_OUTCOME: scope.outcome}
-        if scope.error_type:
-            final[ATTR_ERROR_TYPE] = scope.error_type
-        if scope.found is not None:
-            final[ATTR_FOUND] = scope.found
-        if scope.op.family == "token":
-            final[ATTR_CACHE] = scope.cache or "none"
-            if scope.ctx is not None:
-                kind, keys = ctx_shape(scope.ctx)
-                final[ATTR_CTX_TYPE] = kind
-                if keys:
-                    final[ATTR_CTX_KEYS] = keys
-        if scope.attempts:
-            final[ATTR_UPSTREAM_ATTEMPTS] = scope.attempts
-        if scope.upstream_status is not None:
-            final[ATTR_UPSTREAM_STATUS] = scope.upstream_status
-        if scope.upstream_request_id:
-            final[ATTR_UPSTREAM_REQUEST_ID] = scope.upstream_request_id
-        status = Status(StatusCode.ERROR, scope.error_type) if scope.outcome == ERROR else None
+        if scope.span is None and self._templates is not None and self._encoded_root(scope):
+            return
+        final = _final_attributes(*_final_fields(scope))
+        status = _status(scope.outcome, scope.error_type)
         if scope.span is None:
             attributes = self._start_attributes(scope)
             attributes.update(final)
@@ -490,6 +565,48 @@ class OTelTelemetry(Telemetry):
         if status is not None:
             span.set_status(status)
         span.end()
+
+    def _encoded_root(self, scope: OpScope) -> bool:
+        """Hand the processor the span of a request that started its trace and that nothing
+        needed while it ran (a cache hit), straight as bytes; False if it is not one.
+
+        The spans of such requests differ only in their ids and times: the rest of their
+        bytes (name, kind, attributes, status) is a template kept per set of the values the
+        attributes are made of, built through the same functions as any other span's. The
+        decisions are the tracer's: its id generator, and its sampler's known answer (a
+        root span at a sample rate of 1 is sampled with its attributes and no trace state).
+        Per request that is two ids, a clock read and a join: no ``SpanContext``, attribute
+        dictionary or encoder call (issue 12: with it and the exporter's batch encoding,
+        telemetry's own instructions per traced read fell by half).
+        """
+        if scope.request.headers.get("traceparent"):
+            return False  # a parent to read: the sampler decides, through _finished_span
+        start_fields, final_fields = _start_fields(scope), _final_fields(scope)
+        key = (scope.op.span_name, *start_fields, *final_fields)
+        templates = self._templates
+        assert templates is not None
+        template = templates.get(key)
+        if template is None:
+            attributes = _start_attributes(*start_fields)
+            attributes.update(_final_attributes(*final_fields))
+            status = _status(scope.outcome, scope.error_type) or _UNSET
+            try:
+                template = span_template(
+                    scope.op.span_name, SpanKind.SERVER.value, attributes, status
+                )
+            except Unsupported:
+                return False
+            if len(templates) >= _TEMPLATE_LIMIT:
+                templates.clear()
+            templates[key] = template
+        ids = self._ids
+        trace_id = ids.generate_trace_id()
+        payload = encode_root_span(
+            template, trace_id, ids.generate_span_id(), scope.start_ns, time.time_ns()
+        )
+        self._span_processor.on_end(EncodedSpan(payload, self._resource, self._scope))  # type: ignore[arg-type]
+        scope.trace_id = trace_id
+        return True
 
     def _finished_span(
         self, scope: OpScope, attributes: dict[str, Any], status: Status | None
@@ -556,7 +673,7 @@ class OTelTelemetry(Telemetry):
                     status or _UNSET,
                 )
         if payload is not None:
-            encoded = EncodedSpan(span_context, provider.resource, self._scope, payload)
+            encoded = EncodedSpan(payload, provider.resource, self._scope)
             # BatchSpanProcessor.on_end reads only the span's context, then queues it for
             # FastOTLPSpanExporter (test_otlp_spans runs this through the SDK's processor).
             self._span_processor.on_end(encoded)  # type: ignore[arg-type]

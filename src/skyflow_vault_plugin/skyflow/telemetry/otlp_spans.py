@@ -11,7 +11,8 @@ process (they repeat: mount, role, outcome, cache) in bounded memos.
 A span can also be encoded as it finishes (:func:`encode_span`, :class:`EncodedSpan`): the
 request's span of a cache hit is never a live SDK span, and its bytes wait in the batch
 processor's queue instead of a ``ReadableSpan`` that the exporter's thread would read and
-encode later.
+encode later. A root span's bytes can be made from a template of the spans alike
+(:func:`span_template`, :func:`encode_root_span`): only its ids and times are new.
 
 The bytes parse to the same ``ExportTraceServiceRequest`` as the library's
 ``encode_spans(spans)`` (tests/skyflow/test_otlp_spans.py compares them field by field).
@@ -32,14 +33,18 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, Status
+from opentelemetry.trace import SpanContext, Status, TraceFlags
 
 __all__ = [
+    "SAMPLED",
     "EncodedSpan",
     "FastOTLPSpanExporter",
+    "SpanTemplate",
     "Unsupported",
+    "encode_root_span",
     "encode_span",
     "encode_spans_request",
+    "span_template",
 ]
 
 _log = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ _ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _ONE_BYTE[value]
+    if 0 < value < 0x4000:  # a span's length, mostly
+        return bytes((value & 0x7F | 0x80, value >> 7))
     value &= 0xFFFFFFFFFFFFFFFF  # int64 as protobuf writes it: two's complement
     out = bytearray()
     while value > 0x7F:
@@ -214,6 +221,11 @@ def _status(code: int, description: str | None) -> bytes:
     return encoded
 
 
+SAMPLED = SpanContext(0, 0, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+"""The ``context`` of an :class:`EncodedSpan`: sampled, which is all a batch processor reads.
+The span's own ids are in its payload."""
+
+
 class EncodedSpan:
     """A finished span already encoded (the payload of its ``Span`` message).
 
@@ -228,15 +240,53 @@ class EncodedSpan:
 
     def __init__(
         self,
-        context: SpanContext,
+        payload: bytes,
         resource: Resource,
         instrumentation_scope: InstrumentationScope,
-        payload: bytes,
+        context: SpanContext = SAMPLED,
     ) -> None:
-        self.context = context
+        self.payload = payload
         self.resource = resource
         self.instrumentation_scope = instrumentation_scope
-        self.payload = payload
+        self.context = context
+
+
+SpanTemplate = tuple[bytes, bytes]
+"""What the root spans of one name, kind, set of attributes and status have in common: the
+bytes before their times, and after (:func:`span_template`)."""
+
+
+def span_template(
+    name: str, kind: int, attributes: Mapping[str, Any] | None, status: Status
+) -> SpanTemplate:
+    """The template of root spans (no parent, no trace state, nothing dropped) like these,
+    for :func:`encode_root_span`. ``kind`` is the ``SpanKind``'s value.
+
+    Raises:
+        Unsupported: an attribute value OTLP cannot carry.
+    """
+    tail = _SPAN_ATTRIBUTES.encode(attributes)
+    tail += _status(status.status_code.value, status.description) + _FLAGS[False]
+    return _name_and_kind(name, kind), tail
+
+
+def encode_root_span(
+    template: SpanTemplate, trace_id: int, span_id: int, start: int, end: int
+) -> bytes:
+    """The payload of a root span from its template: what :func:`encode_span` writes for it
+    (the tests compare the two), in one join."""
+    head, tail = template
+    return b"".join(
+        (
+            _TRACE_ID,
+            trace_id.to_bytes(16, "big"),
+            _SPAN_ID,
+            span_id.to_bytes(8, "big"),
+            head,
+            _TIMES.pack(_START, start, _END, end),
+            tail,
+        )
+    )
 
 
 def encode_span(
@@ -275,10 +325,7 @@ def encode_span(
     return b"".join(parts)
 
 
-def _span(span: ReadableSpan | EncodedSpan) -> bytes:
-    if type(span) is EncodedSpan:
-        return span.payload
-    assert isinstance(span, ReadableSpan)
+def _span(span: ReadableSpan) -> bytes:
     if span.events or span.links:
         raise Unsupported("events or links")
     context = span.context
@@ -305,6 +352,8 @@ def _library_span(span: ReadableSpan) -> bytes:
 
 
 _ScopeGroup = tuple[InstrumentationScope | None, list[bytes]]
+_SPAN_FIELD = _key(2, _BYTES)  # ScopeSpans.spans
+_NOTHING = object()
 
 
 def encode_spans_request(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
@@ -317,21 +366,32 @@ def encode_spans_request(spans: Sequence[ReadableSpan | EncodedSpan]) -> bytes:
     its own (which logs and leaves out such a value).
     """
     groups: dict[int, tuple[Resource, dict[object, _ScopeGroup]]] = {}
+    # A batch is mostly one run of spans from one tracer: while the resource and scope are
+    # the very objects of the span before, the span joins that span's group at once.
+    last_resource: object = _NOTHING
+    last_scope: object = _NOTHING
+    encoded: list[bytes] = []
     for span in spans:
-        resource = span.resource
-        scopes = groups.setdefault(id(resource), (resource, {}))[1]
-        scope = span.instrumentation_scope  # hashed by name, version and schema: cheap
-        try:
-            message = _span(span)
-        except Unsupported:
-            assert isinstance(span, ReadableSpan)
-            message = _library_span(span)
-        scopes.setdefault(scope, (scope, []))[1].append(_delimited(2, message))
+        resource, scope = span.resource, span.instrumentation_scope
+        if resource is not last_resource or scope is not last_scope:
+            scopes = groups.setdefault(id(resource), (resource, {}))[1]
+            # hashed by name, version and schema: cheap
+            encoded = scopes.setdefault(scope, (scope, []))[1]
+            last_resource, last_scope = resource, scope
+        if isinstance(span, EncodedSpan):
+            message = span.payload
+        else:
+            try:
+                message = _span(span)
+            except Unsupported:
+                message = _library_span(span)
+        # Tag, length and message as three parts of the one join below: no copy per span.
+        encoded += (_SPAN_FIELD, _varint(len(message)), message)
     out = []
     for resource, scopes in groups.values():
         body = _delimited(1, _resource(resource))
-        for scope, encoded in scopes.values():
-            scope_body = _delimited(1, _scope(scope)) + b"".join(encoded)
+        for scope, parts in scopes.values():
+            scope_body = _delimited(1, _scope(scope)) + b"".join(parts)
             if scope is not None and scope.schema_url:
                 scope_body += _delimited(3, scope.schema_url.encode("utf-8"))
             body += _delimited(2, scope_body)

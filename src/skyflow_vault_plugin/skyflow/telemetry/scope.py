@@ -43,6 +43,7 @@ class OpScope:
         "span",
         "start_ns",
         "started",
+        "trace_id",
         "upstream_request_id",
         "upstream_status",
     )
@@ -64,6 +65,7 @@ class OpScope:
         self.upstream_status: int | None = None
         self.upstream_request_id = ""
         self.span: Any = None
+        self.trace_id = 0  # the trace of a span exported without a span object, if any
         self.start_ns = 0
 
     def settle(self, response: Response | None) -> None:
