@@ -22,8 +22,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from skyflow_devtools.otlp import OTLPSink, otlp_sink
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
+    MEMO_MAX_BYTES,
     EncodedSpan,
     FastOTLPSpanExporter,
+    _AttributeMemo,
     _varint,
     encode_root_span,
     encode_span,
@@ -148,6 +150,15 @@ def _encoded_twin(span: ReadableSpan) -> EncodedSpan:
 def test_varints_are_protobufs(value: int) -> None:
     # AnyValue.int_value is field 3, a varint: its message is the tag (0x18), then the value.
     assert b"\x18" + _varint(value) == AnyValue(int_value=value).SerializeToString()
+
+
+def test_an_attribute_set_too_long_to_keep_is_encoded_but_not_remembered() -> None:
+    memo = _AttributeMemo(9)
+    long = {"skyflow.role": "r" * MEMO_MAX_BYTES}
+    assert memo.encode(long) == memo.encode(dict(long))
+    short = {"skyflow.role": "producer"}
+    memo.encode(short)
+    assert [dict(key[0]) for key in memo._sets] == [short]
 
 
 def test_a_root_span_from_its_template_is_what_encode_span_writes() -> None:

@@ -58,6 +58,7 @@ from skyflow_vault_plugin.skyflow.telemetry import (
     note_cache,
     note_ctx,
     otel,
+    otlp_spans,
     trace_id_from_traceparent,
 )
 from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
@@ -1074,6 +1075,23 @@ def test_span_templates_are_bounded() -> None:
 
         asyncio.run(many())
         assert 0 < len(telemetry._templates) <= otel._TEMPLATE_LIMIT
+
+
+async def test_a_callers_long_role_name_is_exported_but_not_remembered() -> None:
+    # Any caller with a token chooses the role in creds/<role> (a 400 for a name this long
+    # still gets its span): a thousand such requests must not stay in the templates.
+    role = "r" * 100_000
+    req = _request()
+    req.match = {"name": role}
+    with exporting() as (telemetry, sink):
+        await telemetry.instrument(TOKEN_GENERATE, _hit(status=400))(req, FieldData({}, {}))
+        await telemetry.flush()
+        assert telemetry._templates == {}
+        remembered = otlp_spans._SPAN_ATTRIBUTES._sets
+        assert not [key for key in remembered if any(v == role for _, v in key[0])]
+        ((_, body),) = sink.payloads
+    (span,) = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans
+    assert {kv.key: kv.value.string_value for kv in span.attributes}["skyflow.role"] == role
 
 
 async def test_a_span_the_fast_encoder_refuses_is_exported_through_the_library(

@@ -72,6 +72,7 @@ from .names import (
     Op,
 )
 from .otlp_spans import (
+    MEMO_MAX_BYTES,
     EncodedSpan,
     SpanTemplate,
     Unsupported,
@@ -596,9 +597,10 @@ class OTelTelemetry(Telemetry):
                 )
             except Unsupported:
                 return False
-            if len(templates) >= _TEMPLATE_LIMIT:
-                templates.clear()
-            templates[key] = template
+            if len(template[0]) + len(template[1]) <= MEMO_MAX_BYTES:
+                if len(templates) >= _TEMPLATE_LIMIT:
+                    templates.clear()
+                templates[key] = template
         ids = self._ids
         trace_id = ids.generate_trace_id()
         payload = encode_root_span(

@@ -36,6 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
 __all__ = [
+    "MEMO_MAX_BYTES",
     "SAMPLED",
     "EncodedSpan",
     "FastOTLPSpanExporter",
@@ -57,6 +58,10 @@ _FLAGS_IS_REMOTE = 0x200
 _MEMO_LIMIT = 4096
 _MEMO_VALUE_CHARS = 256  # long values (request ids, say) rarely repeat: not remembered
 _SET_MEMO_LIMIT = 1024
+MEMO_MAX_BYTES = 4096
+"""The longest encoding a memo keeps: a caller can put a value of its own in an attribute (a
+role name in the path, up to the host's request limit), and a thousand of those must not
+stay in memory."""
 
 
 class Unsupported(Exception):
@@ -140,9 +145,10 @@ class _AttributeMemo:
             return self._encode(attributes)
         if encoded is None:
             encoded = self._encode(attributes)
-            if len(self._sets) >= _SET_MEMO_LIMIT:
-                self._sets.clear()
-            self._sets[key] = encoded
+            if len(encoded) <= MEMO_MAX_BYTES:
+                if len(self._sets) >= _SET_MEMO_LIMIT:
+                    self._sets.clear()
+                self._sets[key] = encoded
         return encoded
 
     def _encode(self, attributes: Mapping[str, Any]) -> bytes:
