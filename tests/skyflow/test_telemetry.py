@@ -27,7 +27,13 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 
 from skyflow_devtools.otlp import OTLPSink, otlp_sink
@@ -1075,6 +1081,34 @@ def test_span_templates_are_bounded() -> None:
 
         asyncio.run(many())
         assert 0 < len(telemetry._templates) <= otel._TEMPLATE_LIMIT
+
+
+async def test_a_span_the_sampler_records_but_does_not_sample_is_not_exported() -> None:
+    # The batch processor exports what the span's context says is sampled: an encoded span
+    # must carry its own context's flags, not a stock "sampled" one.
+    class RecordOnly(Sampler):
+        def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+            return SamplingResult(Decision.RECORD_ONLY, {})
+
+        def get_description(self) -> str:
+            return "RecordOnly"
+
+    async def ok(req: Request, data: Any) -> None:
+        return None
+
+    req = _request(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-01")  # the sampler is asked
+    req.match = {"name": "producer"}
+    with exporting() as (telemetry, sink):
+        provider = telemetry.tracer_provider
+        assert provider is not None
+        provider.sampler = RecordOnly()
+        await telemetry.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
+        await telemetry.flush()
+        assert sink.payloads == []
+        provider.sampler = ParentBased(ALWAYS_ON)
+        await telemetry.instrument(TOKEN_GENERATE, ok)(req, FieldData({}, {}))
+        await telemetry.flush()
+        assert len(sink.payloads) == 1
 
 
 async def test_a_callers_long_role_name_is_exported_but_not_remembered() -> None:

@@ -675,9 +675,10 @@ class OTelTelemetry(Telemetry):
                     status or _UNSET,
                 )
         if payload is not None:
-            encoded = EncodedSpan(payload, provider.resource, self._scope)
-            # BatchSpanProcessor.on_end reads only the span's context, then queues it for
+            # BatchSpanProcessor.on_end reads only the span's context (sampled or not: with a
+            # sampler that can answer RECORD_ONLY, not), then queues it for
             # FastOTLPSpanExporter (test_otlp_spans runs this through the SDK's processor).
+            encoded = EncodedSpan(payload, provider.resource, self._scope, span_context)
             self._span_processor.on_end(encoded)  # type: ignore[arg-type]
             return trace_api.NonRecordingSpan(span_context)
         span = ReadableSpan(
