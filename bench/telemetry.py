@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.plugin_read import Measured, measure
+from bench.plugin_read import SECONDS, Measured, measure
 from bench.stack import SKYFLOW_LAUNCHER, bench_stack
 from bench.wrk import run_wrk
 from skyflow_devtools.otlp import otlp_sink
@@ -67,10 +67,10 @@ def run() -> str:
             lines = [
                 "## Telemetry on the hot path (issue 5)",
                 "",
-                f"Warm `creds` reads, {ROUNDS} alternating rounds of 5 s per setting; medians "
-                "of the rounds, and the ratios as the median of each round's on/off pair. CPU "
-                "per request of the plugin and of OpenBao, which moves less with the "
-                "machine's load than throughput does.",
+                f"Warm `creds` reads, {ROUNDS} alternating rounds of {SECONDS} s per setting; "
+                "medians of the rounds, and the ratios as the median of each round's on/off "
+                "pair. CPU per request of the plugin and of OpenBao, which moves less with "
+                "the machine's load than throughput does.",
                 "",
                 "| connections | telemetry | req/s | p50 ms | throughput vs off | p50 vs off "
                 "| plugin CPU ms/req | OpenBao CPU ms/req |",

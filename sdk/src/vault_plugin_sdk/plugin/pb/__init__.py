@@ -27,9 +27,9 @@ def _defer_pure_python_messages() -> None:
     ``google.protobuf.descriptor_pool`` imports ``python_message`` (and with it the text
     format, the Python wire codec and the containers: about 7% of the instructions up to the
     plugin's handshake) even when the C implementation (upb) makes every message class, as
-    it does wherever protobuf ships a wheel. Under upb the module is never used; with the
-    pure-Python implementation it is loaded at its first use, exactly as before. Nothing
-    changes if it was imported already.
+    it does wherever protobuf ships a wheel. Under upb the module is registered lazily (its
+    code would run at its first use, which never comes); under any other implementation,
+    or if it was imported already, nothing changes.
     """
     if _PURE_PYTHON_MESSAGES in sys.modules:
         return
