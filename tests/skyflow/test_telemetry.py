@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -63,14 +64,17 @@ from skyflow_vault_plugin.skyflow.telemetry import (
     mount_name,
     note_cache,
     note_ctx,
+    note_error,
     otel,
     otlp_spans,
     trace_id_from_traceparent,
 )
+from skyflow_vault_plugin.skyflow.telemetry.disabled import AUDIT_TEMPLATE_LIMIT
 from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
+from skyflow_vault_plugin.skyflow.telemetry.labels import MEMO_MAX_BYTES
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import Unsupported
-from skyflow_vault_plugin.skyflow.telemetry.scope import current_scope
+from skyflow_vault_plugin.skyflow.telemetry.scope import OpScope, current_scope
 from skyflow_vault_plugin.skyflow.telemetry.settings import parse_duration
 from vault_plugin_sdk.framework import (
     BadRequest,
@@ -82,6 +86,7 @@ from vault_plugin_sdk.framework import (
     Response,
     StorageError,
 )
+from vault_plugin_sdk.plugin.hclog import HclogFormatter, LoopBatchedHandler
 from vault_plugin_sdk.plugin.pb import backend_pb2 as pb
 from vault_plugin_sdk.testing import InMemoryStorage, PluginTestClient, open_driver
 
@@ -905,6 +910,165 @@ async def test_audit_line_without_telemetry_keeps_the_callers_trace_id(
     (record,) = [r for r in caplog.records if r.name == AUDIT_LOGGER]
     assert vars(record)["trace_id"] == TRACE_ID
     assert vars(record)["cache"] == "miss"
+
+
+@dataclass(frozen=True)
+class AuditCase:
+    """One token request, as the audit line sees it."""
+
+    mount_point: str = "skyflow/insurance/"
+    role: str = "producer"
+    operation: str = "read"
+    cache: str = "hit"
+    ctx: object = None
+    entity_id: str = ""
+    remote_addr: str = "127.0.0.1"
+    headers: tuple[tuple[str, str], ...] = ()
+    upstream: tuple[int | None, str] | None = None
+    error: str = ""  # "", "raise", "response", "not_found"
+
+
+# Each case changes one thing of the one before it (or of the first), and each is sent
+# twice: a line whose template left one of them out of its key would carry the last one's.
+# (The mount's label follows from its path, and the outcome from the error type.)
+AUDIT_CASES = [
+    AuditCase(),
+    AuditCase(cache="miss", upstream=(200, "upstream-1")),
+    AuditCase(cache="miss", upstream=(200, "upstream-2")),
+    AuditCase(cache="miss", upstream=(200, "")),
+    AuditCase(cache="stale"),
+    AuditCase(cache=""),
+    AuditCase(role="consumer"),
+    AuditCase(mount_point="skyflow/lending/"),
+    AuditCase(operation="update"),
+    AuditCase(entity_id="entity-1"),
+    AuditCase(entity_id="entity-2"),
+    AuditCase(remote_addr=""),
+    AuditCase(remote_addr="10.0.0.7"),
+    AuditCase(headers=(("application-source", "billing"),)),
+    AuditCase(headers=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),)),
+    AuditCase(ctx={"region": "eu", "case": 1}),
+    AuditCase(ctx={"region": "us"}),
+    AuditCase(ctx="tenant-7"),
+    AuditCase(error="response"),
+    AuditCase(error="raise"),
+    AuditCase(error="not_found", role="ghost"),
+    AuditCase(cache="miss", upstream=(429, "upstream-3"), error="raise"),
+    AuditCase(cache="miss", upstream=(503, "upstream-4"), error="raise"),
+    AuditCase(cache="miss", upstream=(None, ""), error="raise"),
+]
+
+
+def _audit_fields(scope: OpScope) -> dict[str, object]:
+    """What the audit line of a token request says (docs/telemetry.md), but its duration."""
+    req = scope.request
+    fields: dict[str, object] = {
+        "mount": scope.mount,
+        "mount_path": req.mount_point,
+        "role": scope.role,
+        "operation": req.operation,
+        "outcome": scope.outcome,
+        "cache": scope.cache or "none",
+        "trace_id": trace_id_from_traceparent(req),
+        "application": scope.application,
+        "vault_request_id": req.id,
+    }
+    optional = {
+        "error_type": scope.error_type,
+        "upstream_status": scope.upstream_status,
+        "upstream_request_id": scope.upstream_request_id,
+        "entity_id": req.entity_id,
+        "remote_addr": req.remote_addr,
+        "ctx_keys": ",".join(sorted(scope.ctx)) if isinstance(scope.ctx, dict) else "",
+    }
+    fields.update({key: value for key, value in optional.items() if value not in ("", None)})
+    return fields
+
+
+@contextlib.contextmanager
+def _audit_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The audit logger as the plugin sets it up (its hclog handler alone, so that lines
+    take the template's way), writing into the yielded stream."""
+    stream = io.StringIO()
+    handler = LoopBatchedHandler(stream)
+    handler.setFormatter(HclogFormatter())
+    audit = logging.getLogger(AUDIT_LOGGER)
+    monkeypatch.setattr(audit, "handlers", [handler])
+    monkeypatch.setattr(audit, "propagate", False)
+    level = audit.level
+    audit.setLevel(logging.INFO)  # setLevel, not the attribute: it clears the level caches
+    try:
+        yield stream
+    finally:
+        handler.flush()
+        audit.setLevel(level)
+
+
+async def _audited(telemetry: Telemetry, case: AuditCase, request_id: str) -> OpScope:
+    seen: list[OpScope] = []
+
+    async def handler(req: Request, data: FieldData) -> Response | None:
+        scope = current_scope()
+        assert scope is not None
+        seen.append(scope)
+        note_cache(case.cache)
+        if case.ctx is not None:
+            note_ctx(case.ctx)
+        if case.upstream is not None:
+            scope.note_upstream(*case.upstream, attempts=1)
+        if case.error == "raise":
+            raise RuntimeError("upstream went away")
+        if case.error == "not_found":
+            note_error("not_found")
+        if case.error:
+            return Response.error("no such role")
+        return Response(data={"token_type": "Bearer"})
+
+    req = Request(
+        operation=case.operation,
+        path=f"creds/{case.role}",
+        storage=InMemoryStorage(),
+        id=request_id,
+        mount_point=case.mount_point,
+        entity_id=case.entity_id,
+        remote_addr=case.remote_addr,
+        headers={name: [value] for name, value in case.headers},
+        match={"name": case.role},
+    )
+    with contextlib.suppress(RuntimeError):
+        await telemetry.instrument(TOKEN_GENERATE, handler)(req, FieldData({}, {}))
+    return seen[0]
+
+
+async def test_each_audit_line_says_what_its_request_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    telemetry = Telemetry()
+    scopes: list[OpScope] = []
+    with _audit_lines(monkeypatch) as stream:
+        for index, case in enumerate(AUDIT_CASES * 2):
+            scopes.append(await _audited(telemetry, case, f"request-{index}"))
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == len(scopes)
+    for line, scope in zip(lines, scopes, strict=True):
+        assert (line.pop("@level"), line.pop("@message")) == ("info", "token request")
+        assert (line.pop("@module"), line.pop("@timestamp")[-1]) == (AUDIT_LOGGER, "Z")
+        assert list(line) == sorted(line)
+        assert isinstance(line.pop("duration_ms"), float)
+        assert line == _audit_fields(scope)
+    # the second round wrote every line from a template the first one made
+    assert len(telemetry._audit_templates) < len(AUDIT_CASES)
+
+
+async def test_audit_line_templates_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A caller chooses the role name of a request for a role that does not exist.
+    telemetry = Telemetry()
+    long_name = "r" * (MEMO_MAX_BYTES + 1)
+    with _audit_lines(monkeypatch) as stream:
+        for index in range(AUDIT_TEMPLATE_LIMIT + 10):
+            await _audited(telemetry, AuditCase(role=f"r{index}", error="not_found"), "id")
+            assert len(telemetry._audit_templates) <= AUDIT_TEMPLATE_LIMIT
+        await _audited(telemetry, AuditCase(role=long_name, error="not_found"), "id")
+    assert json.loads(stream.getvalue().splitlines()[-1])["role"] == long_name
+    assert long_name not in {key[2] for key in telemetry._audit_templates}
 
 
 async def test_cleanup_flushes_batched_spans(

@@ -16,9 +16,11 @@ import pytest
 
 from vault_plugin_sdk.plugin.hclog import (
     HclogFormatter,
+    LineTemplate,
     LoopBatchedHandler,
     configure_logging,
     log_fields,
+    log_template,
 )
 
 SECRET = "sk-" + "7" * 24  # built at run time; stands for a key or token
@@ -365,3 +367,68 @@ def test_lines_with_the_same_names_in_other_orders_or_other_names_come_sorted() 
         {k: v for k, v in json.loads(line).items() if not k.startswith("@")} for line in lines
     ] == expected
     assert [list(json.loads(line))[4:] for line in lines] == [list(e) for e in expected]
+
+
+def _split(fields: dict[str, object], variable: list[str]) -> tuple[LineTemplate, list[object]]:
+    constant = {key: value for key, value in fields.items() if key not in variable}
+    return LineTemplate("msg", constant, variable), [fields[key] for key in variable]
+
+
+@pytest.mark.parametrize("variable", [[], sorted(TRICKY), *([key] for key in sorted(TRICKY))])
+def test_a_template_writes_the_line_of_its_fields(variable: list[str]) -> None:
+    # Whichever fields are constant, the line is the one format_fields writes for all of
+    # them (itself checked against json.dumps above), values in the order given.
+    fields = {**TRICKY, "_private": "left out"}
+    template, values = _split(fields, list(reversed(variable)))
+    formatter = HclogFormatter()
+    for _ in range(2):  # the second time from the remembered head
+        line = formatter.format_template(logging.INFO, "m", 1.5, template, values)
+        assert line == formatter.format_fields(logging.INFO, "m", "msg", 1.5, fields)
+    assert "_private" not in json.loads(line)
+    assert template.fields(values) == fields
+
+
+def test_log_template_writes_the_line_logging_writes_without_a_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ordinary, fast = CountingStream(), CountingStream()
+    _logger(ordinary).info("msg", extra=FIELDS)
+    logger = _logger(fast)
+
+    def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("a LogRecord was made")
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
+    log_template(logger, logging.INFO, *_split(dict(FIELDS), ["duration_ms", "obj"]))
+    assert _without_timestamp(fast.getvalue()) == _without_timestamp(ordinary.getvalue())
+
+
+def test_log_template_gives_other_set_ups_the_fields_and_respects_levels() -> None:
+    stream = CountingStream()
+    logger = _logger(stream)
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger.addHandler(Capture())
+    template, values = _split(dict(FIELDS), ["duration_ms"])
+    log_template(logger, logging.INFO, template, values)
+    logger.setLevel(logging.WARNING)
+    log_template(logger, logging.INFO, template, values)
+    logger.handlers[0].flush()
+    (record,) = seen
+    assert record.getMessage() == "msg"
+    assert {key: record.__dict__[key] for key in FIELDS} == FIELDS
+    assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_a_template_refuses_what_extra_refuses_and_values_that_do_not_match() -> None:
+    with pytest.raises(KeyError, match="levelname"):
+        LineTemplate("msg", {}, ["levelname"])
+    with pytest.raises(ValueError, match="named twice"):
+        LineTemplate("msg", {"role": "a"}, ["role"])
+    template = LineTemplate("msg", {"role": "a"}, ["n"])
+    with pytest.raises(ValueError, match="2 values"):
+        log_template(_logger(CountingStream()), logging.INFO, template, [1, 2])

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 _LEVELS = {
@@ -85,6 +85,38 @@ class HclogFormatter(logging.Formatter):
         fields, without a record (:func:`log_fields`)."""
         return self._line(levelno, name, message, created, fields, None)
 
+    def format_template(
+        self,
+        levelno: int,
+        name: str,
+        created: float,
+        template: LineTemplate,
+        values: Sequence[object],
+    ) -> str:
+        """The line :meth:`format` writes for a record of ``template``'s message and fields,
+        with ``values`` for its variable ones, without a record (:func:`log_template`)."""
+        parts = [self._head(levelno, name, template.message), self._timestamp(created)]
+        literals = template.literals
+        for index, position in enumerate(template.holes):
+            parts.append(literals[index])
+            parts.append(_value_text(values[position]))
+        parts.append(literals[-1])
+        return "".join(parts)
+
+    def _head(self, levelno: int, name: str, message: str) -> str:
+        """Level, message and module, up to the timestamp's opening quote."""
+        head = self._heads.get((levelno, name, message))
+        if head is None:
+            level = _LEVELS.get(levelno, "info")
+            head = (
+                f'{{"@level":"{level}","@message":{_quote(message)},"@module":{_quote(name)}'
+                ',"@timestamp":"'
+            )
+            if len(self._heads) >= _MEMO_LIMIT:  # messages with their values in: unbounded
+                self._heads.clear()
+            self._heads[(levelno, name, message)] = head
+        return head
+
     def _line(
         self,
         levelno: int,
@@ -94,14 +126,7 @@ class HclogFormatter(logging.Formatter):
         fields: Mapping[str, object],
         last: Mapping[str, object] | None,
     ) -> str:
-        head = self._heads.get((levelno, name, message))
-        if head is None:
-            level = _LEVELS.get(levelno, "info")
-            head = f'{{"@level":"{level}","@message":{_quote(message)},"@module":{_quote(name)}'
-            if len(self._heads) >= _MEMO_LIMIT:  # messages with their values in: unbounded
-                self._heads.clear()
-            self._heads[(levelno, name, message)] = head
-        parts = [head, ',"@timestamp":"', self._timestamp(created), '"']
+        parts = [self._head(levelno, name, message), self._timestamp(created), '"']
         # The line's keys, sorted (so that its fields come in one order; the host re-orders
         # them anyway) and encoded, remembered by the fields' own order: a line per request
         # has the same keys as the last one. The exception's fields come last and win over
@@ -115,19 +140,8 @@ class HclogFormatter(logging.Formatter):
             self._layouts[shape] = layout
         if last is not None:
             fields = {**fields, **last}
-        for key, encoded_key in layout:  # inline, not a call per field
-            value = fields[key]
-            if type(value) is str:
-                parts.append(encoded_key + _quote(value))
-            elif type(value) is int:
-                parts.append(encoded_key + int.__repr__(value))
-            elif type(value) is bool:
-                parts.append(encoded_key + ("true" if value else "false"))
-            elif type(value) is float and value - value == 0.0:  # finite
-                parts.append(encoded_key + float.__repr__(value))
-            else:  # subclasses of the plain types, NaN and the infinities, anything else
-                plain = value if isinstance(value, _PLAIN) else str(value)
-                parts.append(encoded_key + _encode(plain))
+        for key, encoded_key in layout:
+            parts.append(encoded_key + _value_text(fields[key]))
         parts.append("}")
         return "".join(parts)
 
@@ -140,6 +154,75 @@ class HclogFormatter(logging.Formatter):
         if last:
             keys = [key for key in keys if key not in last] + list(last)
         return [(key, f",{_quote(key)}:") for key in keys]
+
+
+def _value_text(value: object) -> str:
+    """A field's value as ``json.dumps`` writes it in the line: plain types as they are,
+    anything else as its ``str()``. The plain types cost one C call each."""
+    if type(value) is str:
+        return _quote(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) is float and value - value == 0.0:  # finite
+        return float.__repr__(value)
+    # subclasses of the plain types, NaN and the infinities, anything else
+    return _encode(value if isinstance(value, _PLAIN) else str(value))
+
+
+class LineTemplate:
+    """A line written again and again with one message and mostly the same fields (a line
+    per request), its constant fields encoded once.
+
+    ``constant`` fields are written into the template's text when it is made; the
+    ``variable`` ones are given to each :func:`log_template` call, in that order. The line
+    is the one ``logger.log(level, message, extra={**constant, **variable_values})`` writes
+    through an :class:`HclogFormatter`, fields sorted by name, names starting with ``_``
+    left out. A caller keeps one template per set of constant values, and so bounds them.
+
+    Raises:
+        KeyError: a field would overwrite a ``LogRecord`` attribute, as with ``extra``.
+        ValueError: a field is named twice.
+    """
+
+    __slots__ = ("constant", "holes", "literals", "message", "size", "variable")
+
+    def __init__(
+        self, message: str, constant: Mapping[str, object], variable: Sequence[str]
+    ) -> None:
+        names = [*constant, *variable]
+        clash = _STANDARD_ATTRS.intersection(names)
+        if clash:
+            raise KeyError(f"Attempt to overwrite {min(clash)!r} in LogRecord")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a field is named twice in {names}")
+        self.message = message
+        self.constant = dict(constant)
+        self.variable = tuple(variable)
+        position = {key: index for index, key in enumerate(self.variable)}
+        literals, holes = ['"'], []
+        for key in sorted(names):
+            if key.startswith("_"):
+                continue
+            if key in position:
+                literals[-1] += f",{_quote(key)}:"
+                holes.append(position[key])
+                literals.append("")
+            else:
+                literals[-1] += f",{_quote(key)}:{_value_text(self.constant[key])}"
+        literals[-1] += "}"
+        self.literals: tuple[str, ...] = tuple(literals)
+        """The text between the variable fields' values: after the timestamp, up to the
+        first value, and so on; the last closes the line."""
+        self.holes: tuple[int, ...] = tuple(holes)
+        """For each gap between literals, the index in ``variable`` of the value that fills it."""
+        self.size = sum(map(len, literals))
+        """Characters of the constant text, for callers that bound what they keep."""
+
+    def fields(self, values: Sequence[object]) -> dict[str, object]:
+        """The fields of the line with these variable ``values``, as ``extra`` for logging."""
+        return {**self.constant, **dict(zip(self.variable, values, strict=True))}
 
 
 MAX_FRAMES = 40
@@ -224,6 +307,17 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         with self.lock:  # type: ignore[union-attr]
             self._enqueue(line, levelno)
 
+    def emit_template(
+        self, levelno: int, name: str, template: LineTemplate, values: Sequence[object]
+    ) -> None:
+        """Write the line of ``template`` with these variable ``values``, made without a
+        record (:func:`log_template`, under the same conditions as :meth:`emit_fields`)."""
+        formatter = self.formatter
+        assert isinstance(formatter, HclogFormatter)
+        line = formatter.format_template(levelno, name, time.time(), template, values)
+        with self.lock:  # type: ignore[union-attr]
+            self._enqueue(line, levelno)
+
     def _enqueue(self, line: str, levelno: int) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -294,6 +388,29 @@ def log_fields(
     if clash:
         raise KeyError(f"Attempt to overwrite {min(clash)!r} in LogRecord")
     handler.emit_fields(level, logger.name, message, fields)
+
+
+def log_template(
+    logger: logging.Logger, level: int, template: LineTemplate, values: Sequence[object]
+) -> None:
+    """:func:`log_fields` for a line made from ``template``, with ``values`` for its
+    variable fields: only those are encoded per call.
+
+    Under any other logging set-up than the one :func:`log_fields` writes directly for, the
+    ordinary call gets the same fields.
+
+    Raises:
+        ValueError: ``values`` do not match the template's variable fields one for one.
+    """
+    if len(values) != len(template.variable):
+        raise ValueError(f"{len(values)} values for the fields {template.variable}")
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_hclog_handler(logger)
+    if handler is None or level < handler.level:
+        logger.log(level, template.message, extra=template.fields(values), stacklevel=2)
+        return
+    handler.emit_template(level, logger.name, template, values)
 
 
 def _sole_hclog_handler(logger: logging.Logger) -> LoopBatchedHandler | None:

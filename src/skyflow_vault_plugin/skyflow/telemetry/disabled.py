@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vault_plugin_sdk.framework import FieldData, Request, Response
-from vault_plugin_sdk.plugin.hclog import log_fields
+from vault_plugin_sdk.plugin.hclog import LineTemplate, log_template
 
 from .labels import (
     MAX_LABEL_MEMO,
+    MEMO_MAX_BYTES,
     ApplicationLabels,
     ctx_shape,
     mount_name,
@@ -43,6 +44,7 @@ Handler = Callable[[Request, FieldData], Awaitable[Response | None]]
 """A path operation's callback (the SDK's ``OperationCallback``)."""
 
 _log = logging.getLogger(LOGGER)
+AUDIT_MESSAGE = "token request"
 
 
 class _NoExchange(AbstractContextManager[None]):
@@ -73,6 +75,7 @@ class Telemetry:
         self._overflow_applications = self._new_application_labels()
         self._audit = logging.getLogger(AUDIT_LOGGER) if self.settings.audit_log else None
         self._mounts: dict[str, str] = {}
+        self._audit_templates: dict[tuple[object, ...], LineTemplate] = {}
 
     # -- what the engine calls -----------------------------------------------------------
 
@@ -166,31 +169,86 @@ class Telemetry:
         if not logger.isEnabledFor(logging.INFO):
             return
         req = scope.request
-        fields: dict[str, Any] = {
-            "mount": scope.mount,
-            "mount_path": req.mount_point,
-            "role": scope.role,
-            "operation": req.operation,
-            "outcome": scope.outcome,
-            "duration_ms": round(scope.duration_ms(), 3),
-            "cache": scope.cache or "none",
-            "trace_id": self._trace_id(scope),
-            "application": scope.application,
-            "vault_request_id": req.id,
-        }
-        if scope.error_type:
-            fields["error_type"] = scope.error_type
-        if scope.upstream_status is not None:
-            fields["upstream_status"] = scope.upstream_status
-        if scope.upstream_request_id:
-            fields["upstream_request_id"] = scope.upstream_request_id
-        if req.entity_id:
-            fields["entity_id"] = req.entity_id
-        if req.remote_addr:
-            fields["remote_addr"] = req.remote_addr
-        _, keys = ctx_shape(scope.ctx)
-        if keys:
-            fields["ctx_keys"] = ",".join(keys)
-        # log_fields: the same line as logger.info(..., extra=fields), without a LogRecord
-        # when the plugin logs to the host (a line per request).
-        log_fields(logger, logging.INFO, "token request", fields)
+        entity_id, remote_addr = req.entity_id, req.remote_addr
+        upstream_request_id = scope.upstream_request_id
+        ctx_keys = ",".join(ctx_shape(scope.ctx)[1]) if scope.ctx is not None else ""
+        # What repeats from one request to the next is the template's key and text; what a
+        # caller or a clock makes different each time is a value (issue 12).
+        key = (
+            scope.mount,
+            req.mount_point,
+            scope.role,
+            req.operation,
+            scope.outcome,
+            scope.cache,
+            scope.application,
+            scope.error_type,
+            scope.upstream_status,
+            ctx_keys,
+            not entity_id,
+            not remote_addr,
+            not upstream_request_id,
+        )
+        template = self._audit_templates.get(key)
+        if template is None:
+            template = _audit_template(*key)
+            if template.size <= MEMO_MAX_BYTES:
+                if len(self._audit_templates) >= AUDIT_TEMPLATE_LIMIT:
+                    self._audit_templates.clear()
+                self._audit_templates[key] = template
+        values: list[object] = [round(scope.duration_ms(), 3), self._trace_id(scope), req.id]
+        if entity_id:
+            values.append(entity_id)
+        if remote_addr:
+            values.append(remote_addr)
+        if upstream_request_id:
+            values.append(upstream_request_id)
+        log_template(logger, logging.INFO, template, values)
+
+
+AUDIT_TEMPLATE_LIMIT = 1024
+"""The most audit line templates kept; then they are made again. A caller chooses the role
+name of a request for a role that does not exist, and so a template's key."""
+
+
+def _audit_template(
+    mount: str,
+    mount_path: str,
+    role: str,
+    operation: str,
+    outcome: str,
+    cache: str,
+    application: str,
+    error_type: str,
+    upstream_status: int | None,
+    ctx_keys: str,
+    no_entity: bool,
+    no_remote_addr: bool,
+    no_upstream_request_id: bool,
+) -> LineTemplate:
+    """The audit line of a token request: what the key of its template holds is constant;
+    the duration, the trace and request ids and what a caller sends are its values, in the
+    order ``_audit_line`` gives them."""
+    constant: dict[str, object] = {
+        "mount": mount,
+        "mount_path": mount_path,
+        "role": role,
+        "operation": operation,
+        "outcome": outcome,
+        "cache": cache or "none",
+        "application": application,
+    }
+    if error_type:
+        constant["error_type"] = error_type
+    if upstream_status is not None:
+        constant["upstream_status"] = upstream_status
+    if ctx_keys:
+        constant["ctx_keys"] = ctx_keys
+    variable = ["duration_ms", "trace_id", "vault_request_id"]
+    if not no_entity:
+        variable.append("entity_id")
+    if not no_remote_addr:
+        variable.append("remote_addr")
+    if not no_upstream_request_id:
+        variable.append("upstream_request_id")
+    return LineTemplate(AUDIT_MESSAGE, constant, variable)

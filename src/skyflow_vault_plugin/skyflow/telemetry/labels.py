@@ -13,6 +13,7 @@ from .settings import APPLICATION_LABEL
 
 __all__ = [
     "MAX_LABEL_MEMO",
+    "MEMO_MAX_BYTES",
     "ApplicationLabels",
     "ctx_shape",
     "mount_name",
@@ -22,6 +23,10 @@ __all__ = [
 
 MAX_LABEL_MEMO = 4096
 """The most raw values (header values, mount paths) remembered with their label."""
+MEMO_MAX_BYTES = 4096
+"""The longest encoding a memo keeps: a caller can put a value of its own in an attribute or
+a log field (a role name in the path, up to the host's request limit), and a thousand of
+those must not stay in memory."""
 _MAX_CTX_KEYS = 64
 _MAX_REQUEST_ID = 128
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")

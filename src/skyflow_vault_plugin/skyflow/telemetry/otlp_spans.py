@@ -35,6 +35,8 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
+from .labels import MEMO_MAX_BYTES
+
 __all__ = [
     "MEMO_MAX_BYTES",
     "SAMPLED",
@@ -58,10 +60,6 @@ _FLAGS_IS_REMOTE = 0x200
 _MEMO_LIMIT = 4096
 _MEMO_VALUE_CHARS = 256  # long values (request ids, say) rarely repeat: not remembered
 _SET_MEMO_LIMIT = 1024
-MEMO_MAX_BYTES = 4096
-"""The longest encoding a memo keeps: a caller can put a value of its own in an attribute (a
-role name in the path, up to the host's request limit), and a thousand of those must not
-stay in memory."""
 
 
 class Unsupported(Exception):
