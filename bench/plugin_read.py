@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.floor import build_floor
+from bench.rounds import paired_ratio, round_order
 from bench.stack import DEFAULT_PLUGINS, SKYFLOW_LAUNCHER, BenchStack, bench_stack
 from bench.startup_count import count_launcher_start
 from bench.wrk import LoadResult, run_wrk
@@ -29,7 +30,7 @@ from skyflow_vault_plugin.install import install
 from skyflow_vault_plugin.startup import fake_host_environment, measure_startup
 
 SECONDS = 5
-ROUNDS = 3
+ROUNDS = 6
 CONNECTIONS = (1, 16)
 NULLGO = "nullgo"
 KV = "kv-v2 read (baseline)"
@@ -81,17 +82,24 @@ def _combine(rounds: list[Measured]) -> Measured:
     )
 
 
-def _ratio(value: float, base: LoadResult | None, attr: str) -> str:
-    return f"{value / getattr(base, attr):.2f}" if base is not None else "n/a"
+def _ratio(rounds: list[Measured], base: list[Measured] | None, attr: str) -> str:
+    if base is None:
+        return "n/a"
+    values = [getattr(m.load, attr) for m in rounds]
+    return f"{paired_ratio(values, [getattr(m.load, attr) for m in base]):.2f}"
 
 
-def _row(name: str, measured: Measured, base: LoadResult, floor: LoadResult | None) -> str:
-    result = measured.load
+def _row(
+    name: str, rounds: list[Measured], kv: list[Measured], floor: list[Measured] | None
+) -> str:
+    """A read's medians, and its ratios to kv-v2 and nullgo as the median of each round's."""
+    result = _combine(rounds)
+    load = result.load
     return (
-        f"| {name} | {result.rps:,.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} | "
-        f"{result.rps / base.rps:.2f} | {_ratio(result.rps, floor, 'rps')} | "
-        f"{_ratio(result.p50_ms, floor, 'p50_ms')} | "
-        f"{measured.host_cpu_ms:.2f} | {measured.plugin_cpu_ms:.2f} | {result.errors} |"
+        f"| {name} | {load.rps:,.0f} | {load.p50_ms:.2f} | {load.p99_ms:.2f} | "
+        f"{_ratio(rounds, kv, 'rps')} | {_ratio(rounds, floor, 'rps')} | "
+        f"{_ratio(rounds, floor, 'p50_ms')} | "
+        f"{result.host_cpu_ms:.2f} | {result.plugin_cpu_ms:.2f} | {load.errors} |"
     )
 
 
@@ -135,8 +143,10 @@ def run() -> str:
     if floor.executable is not None:
         plugins[NULLGO] = (floor.executable, {})
     lines += [
-        f"Floor: {floor.note}. Each read runs in {ROUNDS} alternating rounds of {SECONDS} s; "
-        "medians of the rounds. Ratios compare reads measured in the same run on one server.",
+        f"Floor: {floor.note}. Each read runs once per round for {SECONDS} s, {ROUNDS} rounds, "
+        "each round in the reverse order of the one before; the table gives the medians of "
+        "the rounds, and each ratio as the median of the rounds' own ratios "
+        "(bench/rounds.py). Ratios compare reads measured in the same run on one server.",
         "",
         f"Before: {_load()}.",
         "",
@@ -162,19 +172,21 @@ def run() -> str:
             rounds: dict[str, list[Measured]] = {name: [] for name in targets}
             for path, _ in targets.values():
                 run_wrk(stack.url(path), token, connections=connections, seconds=2)  # warm-up
-            for _ in range(ROUNDS):
-                for name, (path, plugin) in targets.items():
+            for index in range(ROUNDS):
+                for name in round_order(list(targets), index):
+                    path, plugin = targets[name]
                     rounds[name].append(measure(stack, path, plugin, connections))
-            results = {name: _combine(measured) for name, measured in rounds.items()}
-            base = results[KV].load
-            floor_load = results[FLOOR].load if FLOOR in results else None
+            floor_rounds = rounds.get(FLOOR)
             lines += [
                 f"### {connections} connection(s)",
                 "",
                 "| read | req/s | p50 ms | p99 ms | rps vs kv-v2 | rps vs nullgo "
                 "| p50 vs nullgo | OpenBao CPU ms/req | plugin CPU ms/req | non-200 |",
                 "|---|---|---|---|---|---|---|---|---|---|",
-                *(_row(name, result, base, floor_load) for name, result in results.items()),
+                *(
+                    _row(name, measured, rounds[KV], floor_rounds)
+                    for name, measured in rounds.items()
+                ),
                 "",
             ]
         for mount in mounts:

@@ -2,9 +2,10 @@
 
 Two catalog entries of the same plugin in one OpenBao: ``skyflow`` with ``ENV=dev`` (no
 telemetry at all) and ``skyflow-otel`` exporting traces (every request sampled) and metrics
-over OTLP/HTTP to a local sink. Runs alternate between the two so drift hits both alike, and
-each round's on/off ratio is taken from its own pair of runs: on this shared machine the
-throughput of one minute can differ from the next by more than the 5% measured here.
+over OTLP/HTTP to a local sink. Runs take turns, each round in the reverse order of the one
+before, and each round's on/off ratio is taken from its own pair of runs (bench/rounds.py):
+on this shared machine the throughput of one minute can differ from the next by more than
+the 5% measured here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import statistics
 
 from bench.plugin_read import SECONDS, Measured, measure
+from bench.rounds import paired_ratio, round_order
 from bench.stack import SKYFLOW_LAUNCHER, bench_stack
 from bench.wrk import run_wrk
 from skyflow_devtools.otlp import otlp_sink
@@ -31,11 +33,6 @@ def telemetry_on_env(endpoint: str) -> dict[str, str]:
         "TELEMETRY_METRICS_EXPORT_INTERVAL": "5s",
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
     }
-
-
-def paired_ratio(on: list[float], off: list[float]) -> float:
-    """The median over rounds of on/off, each round's pair measured back to back."""
-    return statistics.median(a / b for a, b in zip(on, off, strict=True))
 
 
 def _row(connections: int, name: str, rounds: list[Measured], off: list[Measured]) -> str:
@@ -67,10 +64,11 @@ def run() -> str:
             lines = [
                 "## Telemetry on the hot path (issue 5)",
                 "",
-                f"Warm `creds` reads, {ROUNDS} alternating rounds of {SECONDS} s per setting; "
-                "medians of the rounds, and the ratios as the median of each round's on/off "
-                "pair. CPU per request of the plugin and of OpenBao, which moves less with "
-                "the machine's load than throughput does.",
+                f"Warm `creds` reads, {ROUNDS} rounds of {SECONDS} s per setting, each round in "
+                "the reverse order of the one before; medians of the rounds, and the ratios as "
+                "the median of each round's on/off pair (bench/rounds.py). CPU per request of "
+                "the plugin and of OpenBao, which moves less with the machine's load than "
+                "throughput does.",
                 "",
                 "| connections | telemetry | req/s | p50 ms | throughput vs off | p50 vs off "
                 "| plugin CPU ms/req | OpenBao CPU ms/req |",
@@ -80,9 +78,11 @@ def run() -> str:
                 for path in paths.values():
                     run_wrk(stack.url(path), token, connections=connections, seconds=2)  # warm
                 measured: dict[str, list[Measured]] = {name: [] for name in paths}
-                for _ in range(ROUNDS):
-                    for name, path in paths.items():
-                        measured[name].append(measure(stack, path, PLUGINS[name], connections))
+                for index in range(ROUNDS):
+                    for name in round_order(list(paths), index):
+                        measured[name].append(
+                            measure(stack, paths[name], PLUGINS[name], connections)
+                        )
                 for name in paths:
                     lines.append(_row(connections, name, measured[name], measured[OFF]))
     lines += ["", "Target: with telemetry on, within 5% of off (issue 12; 10% in issue 5).", ""]
