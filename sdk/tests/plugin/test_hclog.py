@@ -195,18 +195,30 @@ def _without_timestamp(text: str) -> list[dict[str, object]]:
 FIELDS = {"role": "producer", "duration_ms": 0.029, "cache": "hit", "n": 3, "obj": ("a", 1)}
 
 
-def test_log_fields_writes_the_line_logging_writes_without_a_record(
-    monkeypatch: pytest.MonkeyPatch,
+WAYS = ["log_fields", "log_template"]
+
+
+def _log_fields(way: str, logger: logging.Logger, level: int = logging.INFO) -> None:
+    """Log "msg" with FIELDS through ``way``; a template keeps two of them variable."""
+    if way == "log_fields":
+        log_fields(logger, level, "msg", FIELDS)
+    else:
+        log_template(logger, level, *_split(dict(FIELDS), ["duration_ms", "obj"]))
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_line_per_request_is_the_line_logging_writes_without_a_record(
+    way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ordinary, fast = CountingStream(), CountingStream()
-    _logger(ordinary).info("token request", extra=FIELDS)
+    _logger(ordinary).info("msg", extra=FIELDS)
     logger = _logger(fast)
 
     def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
         raise AssertionError("a LogRecord was made")
 
     monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
-    log_fields(logger, logging.INFO, "token request", FIELDS)
+    _log_fields(way, logger)
     assert _without_timestamp(fast.getvalue()) == _without_timestamp(ordinary.getvalue())
     entry = json.loads(fast.getvalue())
     assert entry["@module"] == logger.name
@@ -214,19 +226,23 @@ def test_log_fields_writes_the_line_logging_writes_without_a_record(
     assert entry["@timestamp"].endswith("Z")
 
 
-def test_log_fields_respects_levels() -> None:
+@pytest.mark.parametrize("way", WAYS)
+def test_lines_per_request_respect_levels(way: str) -> None:
     stream = CountingStream()
     logger = _logger(stream)
     logger.setLevel(logging.WARNING)
-    log_fields(logger, logging.INFO, "token request", FIELDS)
+    _log_fields(way, logger)
     logger.setLevel(logging.DEBUG)
     logger.handlers[0].setLevel(logging.ERROR)
-    log_fields(logger, logging.INFO, "token request", FIELDS)
+    _log_fields(way, logger)
     assert stream.getvalue() == ""
 
 
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("setup", ["second handler", "logger filter", "handler filter"])
-def test_log_fields_takes_the_ordinary_path_under_any_other_set_up(setup: str) -> None:
+def test_lines_per_request_take_the_ordinary_path_under_any_other_set_up(
+    way: str, setup: str
+) -> None:
     stream = CountingStream()
     logger = _logger(stream)
     seen: list[logging.LogRecord] = []
@@ -245,10 +261,10 @@ def test_log_fields_takes_the_ordinary_path_under_any_other_set_up(setup: str) -
         logger.addFilter(keep)
     else:
         logger.handlers[0].addFilter(keep)
-    log_fields(logger, logging.INFO, "token request", FIELDS)
+    _log_fields(way, logger)
     logger.handlers[0].flush()
-    assert [record.getMessage() for record in seen] == ["token request"]
-    assert seen[0].__dict__["role"] == "producer"
+    assert [record.getMessage() for record in seen] == ["msg"]
+    assert {key: seen[0].__dict__[key] for key in FIELDS} == FIELDS
     assert json.loads(stream.getvalue())["role"] == "producer"
 
 
@@ -386,42 +402,6 @@ def test_a_template_writes_the_line_of_its_fields(variable: list[str]) -> None:
         assert line == formatter.format_fields(logging.INFO, "m", "msg", 1.5, fields)
     assert "_private" not in json.loads(line)
     assert template.fields(values) == fields
-
-
-def test_log_template_writes_the_line_logging_writes_without_a_record(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    ordinary, fast = CountingStream(), CountingStream()
-    _logger(ordinary).info("msg", extra=FIELDS)
-    logger = _logger(fast)
-
-    def no_record(*args: object, **kwargs: object) -> logging.LogRecord:
-        raise AssertionError("a LogRecord was made")
-
-    monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
-    log_template(logger, logging.INFO, *_split(dict(FIELDS), ["duration_ms", "obj"]))
-    assert _without_timestamp(fast.getvalue()) == _without_timestamp(ordinary.getvalue())
-
-
-def test_log_template_gives_other_set_ups_the_fields_and_respects_levels() -> None:
-    stream = CountingStream()
-    logger = _logger(stream)
-    seen: list[logging.LogRecord] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
-    logger.addHandler(Capture())
-    template, values = _split(dict(FIELDS), ["duration_ms"])
-    log_template(logger, logging.INFO, template, values)
-    logger.setLevel(logging.WARNING)
-    log_template(logger, logging.INFO, template, values)
-    logger.handlers[0].flush()
-    (record,) = seen
-    assert record.getMessage() == "msg"
-    assert {key: record.__dict__[key] for key in FIELDS} == FIELDS
-    assert len(stream.getvalue().splitlines()) == 1
 
 
 def test_a_template_refuses_what_extra_refuses_and_values_that_do_not_match() -> None:
