@@ -158,7 +158,7 @@ def test_an_attribute_set_too_long_to_keep_is_encoded_but_not_remembered() -> No
     assert memo.encode(long) == memo.encode(dict(long))
     short = {"skyflow.role": "producer"}
     memo.encode(short)
-    assert [dict(key[0]) for key in memo._sets] == [short]
+    assert [dict(key[0]) for key in memo._sets.entries] == [short]
 
 
 def test_a_root_span_from_its_template_is_what_encode_span_writes() -> None:

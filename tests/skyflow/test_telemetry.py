@@ -71,7 +71,7 @@ from skyflow_vault_plugin.skyflow.telemetry import (
 )
 from skyflow_vault_plugin.skyflow.telemetry.disabled import AUDIT_TEMPLATE_LIMIT
 from skyflow_vault_plugin.skyflow.telemetry.histogram import MergingInMemoryMetricReader
-from skyflow_vault_plugin.skyflow.telemetry.labels import MEMO_MAX_BYTES
+from skyflow_vault_plugin.skyflow.telemetry.labels import MEMO_BUDGET, MEMO_MAX_BYTES, Memo
 from skyflow_vault_plugin.skyflow.telemetry.otel import OTelTelemetry
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import Unsupported
 from skyflow_vault_plugin.skyflow.telemetry.scope import OpScope, current_scope
@@ -281,6 +281,22 @@ def test_application_cardinality_cap() -> None:
     assert labels.label("bad value;") == "other"
     assert labels.admitted == frozenset({"a", "b"})
     assert ApplicationLabels(None, 0).label("a") == "other"
+
+
+def test_a_memo_keeps_to_its_count_its_budget_and_its_longest_entry() -> None:
+    counted = Memo[str, str](max_entries=4, budget=1_000)
+    for index in range(10):
+        counted.keep(f"k{index}", "v", 1)
+        assert len(counted.entries) <= 4
+    assert counted.entries["k9"] == "v"  # it starts over, and keeps the newest
+    sized = Memo[str, str](max_entries=1_000, budget=100)
+    for index in range(10):
+        sized.keep(f"k{index}", "x" * 30, 30)
+        assert sized.size == 30 * len(sized.entries) <= 100
+    sized.keep("k9", "x" * 30, 30)  # already kept: not counted twice
+    assert sized.size == 30 * len(sized.entries)
+    sized.keep("long", "x" * (MEMO_MAX_BYTES + 1), MEMO_MAX_BYTES + 1)
+    assert "long" not in sized.entries
 
 
 def _request(**headers: str) -> Request:
@@ -1055,7 +1071,7 @@ async def test_each_audit_line_says_what_its_request_did(monkeypatch: pytest.Mon
         assert isinstance(line.pop("duration_ms"), float)
         assert line == _audit_fields(scope)
     # the second round wrote every line from a template the first one made
-    assert len(telemetry._audit_templates) < len(AUDIT_CASES)
+    assert len(telemetry._audit_templates.entries) < len(AUDIT_CASES)
 
 
 async def test_audit_line_templates_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1065,10 +1081,16 @@ async def test_audit_line_templates_stay_bounded(monkeypatch: pytest.MonkeyPatch
     with _audit_lines(monkeypatch) as stream:
         for index in range(AUDIT_TEMPLATE_LIMIT + 10):
             await _audited(telemetry, AuditCase(role=f"r{index}", error="not_found"), "id")
-            assert len(telemetry._audit_templates) <= AUDIT_TEMPLATE_LIMIT
+            assert len(telemetry._audit_templates.entries) <= AUDIT_TEMPLATE_LIMIT
         await _audited(telemetry, AuditCase(role=long_name, error="not_found"), "id")
-    assert json.loads(stream.getvalue().splitlines()[-1])["role"] == long_name
-    assert long_name not in {key[2] for key in telemetry._audit_templates}
+        for index in range(200):  # short enough each to be remembered, not all of them
+            role = f"{index:04d}" + "r" * 3000
+            await _audited(telemetry, AuditCase(role=role, error="not_found"), "id")
+            assert telemetry._audit_templates.size <= MEMO_BUDGET
+        assert 0 < len(telemetry._audit_templates.entries) < 200
+    lines = stream.getvalue().splitlines()
+    assert json.loads(lines[-201])["role"] == long_name
+    assert long_name not in {key[2] for key in telemetry._audit_templates.entries}
 
 
 async def test_cleanup_flushes_batched_spans(
@@ -1213,7 +1235,7 @@ async def test_root_spans_made_from_templates_are_the_spans_the_sdk_records(
             await serve(telemetry)
         await telemetry.flush()
         assert telemetry._templates is not None
-        assert len(telemetry._templates) == len(_ROOT_SPAN_CASES)
+        assert len(telemetry._templates.entries) == len(_ROOT_SPAN_CASES)
         recorded_spans = rec.exporter.get_finished_spans()
         ((_, body),) = sink.payloads
     expected = encode_spans(recorded_spans).resource_spans[0].scope_spans[0].spans
@@ -1244,7 +1266,26 @@ def test_span_templates_are_bounded() -> None:
                 await telemetry.instrument(TOKEN_GENERATE, _hit())(req, FieldData({}, {}))
 
         asyncio.run(many())
-        assert 0 < len(telemetry._templates) <= otel._TEMPLATE_LIMIT
+        assert 0 < len(telemetry._templates.entries) <= otel._TEMPLATE_LIMIT
+
+
+def test_span_templates_and_attribute_sets_keep_to_their_budget() -> None:
+    # Role names of 3 KiB are each short enough to be remembered; two hundred of them are not.
+    with exporting() as (telemetry, _):
+        templates = telemetry._templates
+        assert templates is not None
+        sets = otlp_spans._SPAN_ATTRIBUTES._sets
+
+        async def many() -> None:
+            for n in range(200):
+                req = _request()
+                req.match = {"name": f"{n:04d}" + "r" * 3000}
+                await telemetry.instrument(TOKEN_GENERATE, _hit())(req, FieldData({}, {}))
+                assert templates.size <= MEMO_BUDGET
+                assert sets.size <= MEMO_BUDGET
+
+        asyncio.run(many())
+        assert 0 < len(templates.entries) < 200
 
 
 async def test_a_span_the_sampler_records_but_does_not_sample_is_not_exported() -> None:
@@ -1284,8 +1325,9 @@ async def test_a_callers_long_role_name_is_exported_but_not_remembered() -> None
     with exporting() as (telemetry, sink):
         await telemetry.instrument(TOKEN_GENERATE, _hit(status=400))(req, FieldData({}, {}))
         await telemetry.flush()
-        assert telemetry._templates == {}
-        remembered = otlp_spans._SPAN_ATTRIBUTES._sets
+        assert telemetry._templates is not None
+        assert telemetry._templates.entries == {}
+        remembered = otlp_spans._SPAN_ATTRIBUTES._sets.entries
         assert not [key for key in remembered if any(v == role for _, v in key[0])]
         ((_, body),) = sink.payloads
     (span,) = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans

@@ -25,8 +25,8 @@ from vault_plugin_sdk.plugin.hclog import LineTemplate, log_template
 
 from .labels import (
     MAX_LABEL_MEMO,
-    MEMO_MAX_BYTES,
     ApplicationLabels,
+    Memo,
     ctx_shape,
     mount_name,
     trace_id_from_traceparent,
@@ -45,6 +45,10 @@ Handler = Callable[[Request, FieldData], Awaitable[Response | None]]
 
 _log = logging.getLogger(LOGGER)
 AUDIT_MESSAGE = "token request"
+AUDIT_TEMPLATE_LIMIT = 1024
+"""The most audit line templates kept (and no more than ``MEMO_BUDGET`` characters of them);
+then they are made again. A caller chooses the role name of a request for a role that does
+not exist, and so a template's key."""
 
 
 class _NoExchange(AbstractContextManager[None]):
@@ -75,7 +79,7 @@ class Telemetry:
         self._overflow_applications = self._new_application_labels()
         self._audit = logging.getLogger(AUDIT_LOGGER) if self.settings.audit_log else None
         self._mounts: dict[str, str] = {}
-        self._audit_templates: dict[tuple[object, ...], LineTemplate] = {}
+        self._audit_templates = Memo[tuple[object, ...], LineTemplate](AUDIT_TEMPLATE_LIMIT)
 
     # -- what the engine calls -----------------------------------------------------------
 
@@ -189,13 +193,10 @@ class Telemetry:
             not remote_addr,
             not upstream_request_id,
         )
-        template = self._audit_templates.get(key)
+        template = self._audit_templates.entries.get(key)
         if template is None:
             template = _audit_template(*key)
-            if template.size <= MEMO_MAX_BYTES:
-                if len(self._audit_templates) >= AUDIT_TEMPLATE_LIMIT:
-                    self._audit_templates.clear()
-                self._audit_templates[key] = template
+            self._audit_templates.keep(key, template, template.size)
         values: list[object] = [round(scope.duration_ms(), 3), self._trace_id(scope), req.id]
         if entity_id:
             values.append(entity_id)
@@ -204,11 +205,6 @@ class Telemetry:
         if upstream_request_id:
             values.append(upstream_request_id)
         log_template(logger, logging.INFO, template, values)
-
-
-AUDIT_TEMPLATE_LIMIT = 1024
-"""The most audit line templates kept; then they are made again. A caller chooses the role
-name of a request for a role that does not exist, and so a template's key."""
 
 
 def _audit_template(

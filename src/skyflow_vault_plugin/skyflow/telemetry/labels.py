@@ -5,7 +5,8 @@ caller cannot make the metrics' cardinality (or the memory behind them) grow wit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from typing import Generic, TypeVar
 
 from vault_plugin_sdk.framework import Request
 
@@ -13,8 +14,10 @@ from .settings import APPLICATION_LABEL
 
 __all__ = [
     "MAX_LABEL_MEMO",
+    "MEMO_BUDGET",
     "MEMO_MAX_BYTES",
     "ApplicationLabels",
+    "Memo",
     "ctx_shape",
     "mount_name",
     "request_id_label",
@@ -27,10 +30,44 @@ MEMO_MAX_BYTES = 4096
 """The longest encoding a memo keeps: a caller can put a value of its own in an attribute or
 a log field (a role name in the path, up to the host's request limit), and a thousand of
 those must not stay in memory."""
+MEMO_BUDGET = 256 * 1024
+"""The most characters (or bytes) of encodings one :class:`Memo` keeps: a thousand entries
+of the usual few hundred, or some sixty of the longest a caller can make them remembered."""
 _MAX_CTX_KEYS = 64
 _MAX_REQUEST_ID = 128
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _PRINTABLE = re.compile(r"[^\x21-\x7e]")
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Memo(Generic[K, V]):
+    """Encodings remembered by key, bounded in count and in size: when one more would pass
+    ``max_entries`` or ``budget`` (characters or bytes of the encodings; their keys hold
+    about as much again), the memo starts over. Nothing longer than
+    :data:`MEMO_MAX_BYTES` is kept. Look up in ``entries``, a plain dictionary, so that a
+    hit costs no call of ours."""
+
+    __slots__ = ("_budget", "_max_entries", "entries", "size")
+
+    def __init__(self, max_entries: int, budget: int = MEMO_BUDGET) -> None:
+        self.entries: dict[K, V] = {}
+        self.size = 0
+        """Characters (or bytes) of the encodings kept."""
+        self._max_entries = max_entries
+        self._budget = budget
+
+    def keep(self, key: K, value: V, size: int) -> None:
+        """Remember ``value``, ``size`` characters or bytes long, under ``key``."""
+        if size > MEMO_MAX_BYTES or key in self.entries:
+            return
+        if len(self.entries) >= self._max_entries or self.size + size > self._budget:
+            self.entries.clear()
+            self.size = 0
+        self.entries[key] = value
+        self.size += size
 
 
 def mount_name(mount_point: str) -> str:

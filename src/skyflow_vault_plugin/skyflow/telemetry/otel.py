@@ -40,7 +40,7 @@ from ... import __version__
 from .classify import classify_error
 from .disabled import Telemetry
 from .histogram import MergingPeriodicExportingMetricReader, histogram_for
-from .labels import ApplicationLabels, ctx_shape, request_id_label
+from .labels import ApplicationLabels, Memo, ctx_shape, request_id_label
 from .names import (
     ATTR_APPLICATION,
     ATTR_CACHE,
@@ -72,7 +72,6 @@ from .names import (
     Op,
 )
 from .otlp_spans import (
-    MEMO_MAX_BYTES,
     EncodedSpan,
     SpanTemplate,
     Unsupported,
@@ -413,7 +412,7 @@ class OTelTelemetry(Telemetry):
         self.tracer: trace_api.Tracer | None = None
         self._propagator = TraceContextTextMapPropagator()
         # Cache hits' span templates, when spans are encoded here and roots always sampled.
-        self._templates: dict[tuple[object, ...], SpanTemplate] | None = None
+        self._templates: Memo[tuple[object, ...], SpanTemplate] | None = None
         if settings.traces_enabled:
             self.tracer_provider = TracerProvider(
                 resource=resource,
@@ -432,7 +431,7 @@ class OTelTelemetry(Telemetry):
             self._ids = self.tracer_provider.id_generator
             self._resource = self.tracer_provider.resource
             if self._encodes_spans and self._samples_every_root:
-                self._templates = {}
+                self._templates = Memo(_TEMPLATE_LIMIT)
         self.meter_provider: MeterProvider | None = None
         self._metrics: _Instruments | None = None
         if settings.metrics_enabled:
@@ -586,7 +585,7 @@ class OTelTelemetry(Telemetry):
         key = (scope.op.span_name, *start_fields, *final_fields)
         templates = self._templates
         assert templates is not None
-        template = templates.get(key)
+        template = templates.entries.get(key)
         if template is None:
             attributes = _start_attributes(*start_fields)
             attributes.update(_final_attributes(*final_fields))
@@ -597,10 +596,7 @@ class OTelTelemetry(Telemetry):
                 )
             except Unsupported:
                 return False
-            if len(template[0]) + len(template[1]) <= MEMO_MAX_BYTES:
-                if len(templates) >= _TEMPLATE_LIMIT:
-                    templates.clear()
-                templates[key] = template
+            templates.keep(key, template, len(template[0]) + len(template[1]))
         ids = self._ids
         trace_id = ids.generate_trace_id()
         payload = encode_root_span(

@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
-from .labels import MEMO_MAX_BYTES
+from .labels import MEMO_MAX_BYTES, Memo
 
 __all__ = [
     "MEMO_MAX_BYTES",
@@ -130,7 +130,7 @@ class _AttributeMemo:
         self._memo: dict[tuple[str, type, object], bytes] = {}
         # Whole attribute sets, which repeat even more (a cache hit's span has the same
         # attributes as the previous one's): one lookup instead of one per attribute.
-        self._sets: dict[tuple[tuple[Any, ...], tuple[type, ...]], bytes] = {}
+        self._sets = Memo[tuple[tuple[Any, ...], tuple[type, ...]], bytes](_SET_MEMO_LIMIT)
 
     def encode(self, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
@@ -138,15 +138,12 @@ class _AttributeMemo:
         # The types are part of the key: True == 1 == 1.0, but they encode differently.
         key = (tuple(attributes.items()), tuple(map(type, attributes.values())))
         try:
-            encoded = self._sets.get(key)
+            encoded = self._sets.entries.get(key)
         except TypeError:  # an unhashable value (a list): attribute by attribute
             return self._encode(attributes)
         if encoded is None:
             encoded = self._encode(attributes)
-            if len(encoded) <= MEMO_MAX_BYTES:
-                if len(self._sets) >= _SET_MEMO_LIMIT:
-                    self._sets.clear()
-                self._sets[key] = encoded
+            self._sets.keep(key, encoded, len(encoded))
         return encoded
 
     def _encode(self, attributes: Mapping[str, Any]) -> bytes:
