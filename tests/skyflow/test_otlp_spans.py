@@ -21,8 +21,8 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from skyflow_devtools.otlp import OTLPSink, otlp_sink
+from skyflow_vault_plugin.skyflow.telemetry.labels import MEMO_MAX_BYTES
 from skyflow_vault_plugin.skyflow.telemetry.otlp_spans import (
-    MEMO_MAX_BYTES,
     EncodedSpan,
     FastOTLPSpanExporter,
     _AttributeMemo,

@@ -35,10 +35,9 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, Status, TraceFlags
 
-from .labels import MEMO_MAX_BYTES, Memo
+from .labels import Memo
 
 __all__ = [
-    "MEMO_MAX_BYTES",
     "SAMPLED",
     "EncodedSpan",
     "FastOTLPSpanExporter",
