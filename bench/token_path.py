@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import statistics
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -87,17 +88,19 @@ def _cold_miss() -> list[str]:
 
 
 def _read_many(stack: BenchStack, path: str, count: int) -> list[int]:
+    """``count`` reads of ``path`` at once, each thread with its own client: a client's
+    connection pool shared by many threads can fail a request (``Bad file descriptor``)."""
     url = stack.url(path)
     headers = {"X-Vault-Token": stack.bao.root_token}
-    with httpx.Client(headers=headers, timeout=60) as client:
-        barrier_start = time.monotonic() + 0.5
+    barrier = threading.Barrier(count)
 
-        def one(_: int) -> int:
-            time.sleep(max(0.0, barrier_start - time.monotonic()))
+    def one(_: int) -> int:
+        with httpx.Client(headers=headers, timeout=60) as client:
+            barrier.wait(timeout=60)
             return client.get(url).status_code
 
-        with ThreadPoolExecutor(max_workers=count) as pool:
-            return list(pool.map(one, range(count)))
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def coalescing(stack: BenchStack) -> list[str]:
