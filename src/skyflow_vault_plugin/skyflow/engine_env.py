@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -25,8 +25,9 @@ class EnvError(ValueError):
     """An engine environment variable has a value the engine cannot use."""
 
 
-@dataclass(frozen=True)
-class EngineEnv:
+# A NamedTuple, not a dataclass: a dataclass compiles its methods when it is defined, 0.3 ms
+# (0.6 ms when frozen) of every start (issue 12).
+class EngineEnv(NamedTuple):
     """The engine's settings from the environment."""
 
     cache_max_entries: int = DEFAULT_MAX_ENTRIES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGIC_COOKIE_KEY = "VAULT_BACKEND_PLUGIN"
 MAGIC_COOKIE_VALUE = "6669da05-b1c8-4f49-97d9-c8e5bed98e20"
@@ -28,8 +28,9 @@ class NotAPluginHost(Exception):
     """The process was not started by a Vault/OpenBao host (e.g. run by hand)."""
 
 
-@dataclass(frozen=True)
-class HandshakeConfig:
+# A NamedTuple, not a dataclass: a dataclass compiles its methods when it is defined, 0.3 ms
+# (0.6 ms when frozen) of every start (issue 12).
+class HandshakeConfig(NamedTuple):
     """What the host asked for, read from the environment it set."""
 
     app_protocol: int

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf import empty_pb2
 from grpclib.const import Cardinality, Handler, Status
@@ -61,8 +60,9 @@ def _unary(method: Callable[[Any], Any], request: type, reply: type) -> Handler:
     return Handler(method, Cardinality.UNARY_UNARY, request, reply)
 
 
-@dataclass
-class MountInstance:
+# A NamedTuple, not a dataclass: a dataclass compiles its methods when it is defined, 0.3 ms
+# (0.6 ms when frozen) of every start (issue 12).
+class MountInstance(NamedTuple):
     """One mount's backend and the broker channel its storage and system view use."""
 
     backend: Backend
