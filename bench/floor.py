@@ -4,6 +4,11 @@ Its sources live in ``shared/anchors/nullgo`` next to the repository checkout (`
 relative to the repo; ``NULLGO_DIR`` overrides). It builds offline from Debian packages; the
 benchmark installs them when it runs as root with apt, and otherwise says which are missing
 and skips the floor. Builds are cached under ``build/nullgo`` keyed by the sources' hash.
+
+A second build, ``nullgo`` with an audit line, is the same plugin writing one hclog JSON line
+per ordinary request with the fields of the engine's audit line, the way a Go plugin (the Go
+Skyflow plugin among them) writes one: what the host charges any plugin for a line per
+request, measured rather than inferred (issue 12).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,15 +86,73 @@ def _sources_digest(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_floor() -> Floor:
-    """Build (or reuse) nullgo; never raises for a missing toolchain, it reports it."""
+# The audit line, added to nullgo's package by the benchmark: the engine's fields (as a cache
+# hit writes them with telemetry off) through the hclog logger a Go plugin logs with. The
+# logger is made at package initialisation, as a Go plugin makes its logger before
+# plugin.Serve: it writes to the real stderr, the one the host reads and parses.
+AUDIT_LINE_GO = """
+// Added by skyflow-vault-plugin's benchmark (bench/floor.py): the audit line.
+var auditLog = hclog.New(&hclog.LoggerOptions{
+	Name:       "skyflow.audit",
+	Level:      hclog.Info,
+	Output:     os.Stderr,
+	JSONFormat: true,
+})
+
+func auditLine(req *pb.Request, started time.Time) {
+	mountPath := req.GetMountPoint()
+	mount := mountPath
+	for len(mount) > 0 && mount[len(mount)-1] == '/' {
+		mount = mount[:len(mount)-1]
+	}
+	role := req.GetPath()
+	for i := len(role) - 1; i >= 0; i-- {
+		if role[i] == '/' {
+			role = role[i+1:]
+			break
+		}
+	}
+	auditLog.Info("token request",
+		"mount", mount, "mount_path", mountPath, "role", role,
+		"operation", req.GetOperation(), "outcome", "success", "cache", "hit",
+		"application", "none",
+		"duration_ms", float64(time.Since(started).Microseconds())/1000,
+		"trace_id", "", "vault_request_id", req.GetId(),
+		"remote_addr", req.GetConnection().GetRemoteAddr())
+}
+"""
+# Where HandleRequest answers an ordinary request (not resolve-path, resolve-role or
+# rollback), and what it does there instead: the line, timed from the answer's start.
+AUDIT_ANCHOR = "\treturn okReply, nil\n}\n"
+AUDIT_HOOK = "\tdefer auditLine(args.GetRequest(), time.Now())\n" + AUDIT_ANCHOR
+
+
+def audit_line_source(main_go: str) -> str:
+    """nullgo's ``main.go`` with the audit line written for every ordinary request.
+
+    Raises:
+        ValueError: ``main.go`` no longer answers ordinary requests where the hook expects.
+    """
+    if main_go.count(AUDIT_ANCHOR) != 1:
+        raise ValueError(f"nullgo's main.go has {main_go.count(AUDIT_ANCHOR)} places for the hook")
+    return main_go.replace(AUDIT_ANCHOR, AUDIT_HOOK) + AUDIT_LINE_GO
+
+
+def build_floor(audit_line: bool = False) -> Floor:
+    """Build (or reuse) nullgo, with the audit line if asked; never raises for a missing
+    toolchain or a changed anchor, it reports them."""
     source = source_dir()
     if source is None:
         return Floor(None, "floor skipped: shared/anchors/nullgo not found next to the repo")
-    out = CACHE / _sources_digest(source)
+    digest = _sources_digest(source)
+    what = "nullgo"
+    if audit_line:
+        digest += "-audit-" + hashlib.sha256(AUDIT_LINE_GO.encode()).hexdigest()[:8]
+        what = "nullgo with the audit line"
+    out = CACHE / digest
     executable = out / "nullgo"
     if executable.is_file():
-        return Floor(executable, f"nullgo from {source} (cached build)")
+        return Floor(executable, f"{what} from {source} (cached build)")
     if _missing_tools():
         why = _install_packages()
         still = _missing_tools()
@@ -98,9 +162,20 @@ def build_floor() -> Floor:
                 f"floor skipped: Go toolchain missing ({', '.join(still)}; {why}). "
                 f"Install: apt-get install -y {' '.join(PACKAGES)}",
             )
-    result = subprocess.run(
-        ["sh", str(source / "build.sh"), str(out)], capture_output=True, text=True, check=False
-    )
+    with tempfile.TemporaryDirectory(prefix="nullgo-") as scratch:
+        if audit_line:
+            copy = Path(scratch) / "nullgo"
+            shutil.copytree(source, copy)
+            main_go = copy / "main.go"
+            main_go.chmod(0o644)  # the anchor's files are read-only
+            try:
+                main_go.write_text(audit_line_source(main_go.read_text()))
+            except ValueError as exc:
+                return Floor(None, f"{what} skipped: {exc}")
+            source = copy
+        result = subprocess.run(
+            ["sh", str(source / "build.sh"), str(out)], capture_output=True, text=True, check=False
+        )
     if result.returncode != 0 or not executable.is_file():
-        return Floor(None, f"floor skipped: nullgo build failed: {result.stderr[-500:]}")
-    return Floor(executable, f"nullgo built from {source}")
+        return Floor(None, f"{what} skipped: build failed: {result.stderr[-500:]}")
+    return Floor(executable, f"{what} built from {source_dir()}")

@@ -1,12 +1,15 @@
 """Plugin reads against builtin kv-v2 reads and the Go floor on the same OpenBao, with wrk.
 
-Five reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), a read of
+Six reads are compared at 1 and 16 connections: a kv-v2 read (the baseline), a read of
 ``nullgo`` (a zero-work Go plugin: the floor any external plugin can reach, see
-bench/floor.py), the engine's warm ``creds`` read (resolve-path and the read; the token
-comes from memory), the same read from a catalog entry with the audit line off
-(``SKYFLOW_AUDIT_LOG=false``: nullgo logs nothing, and the host parses every line a plugin
-logs, so this row measures what the line costs) and the SDK's example plugin read
-(resolve-path, the read, and a storage get back to the host).
+bench/floor.py), a read of ``nullgo`` built with the engine's audit line (one hclog line
+per request, as a Go plugin writes it: the floor for a plugin that logs a line per
+request), the engine's warm ``creds`` read (resolve-path and the read; the token comes
+from memory), the same read from a catalog entry with the audit line off
+(``SKYFLOW_AUDIT_LOG=false``; nullgo logs nothing, and the host parses every line a plugin
+logs) and the SDK's example plugin read (resolve-path, the read, and a storage get back to
+the host). Under each table, like for like: the ``creds`` read with its line against
+nullgo with the same line, and without it against nullgo.
 Also: the plugin's resident memory while serving three mounts, and exec-to-handshake (in
 milliseconds, and through the launcher in instructions: bench/startup_count.py).
 """
@@ -35,6 +38,8 @@ CONNECTIONS = (1, 16)
 NULLGO = "nullgo"
 KV = "kv-v2 read (baseline)"
 FLOOR = "nullgo read (Go floor)"
+NULLGO_AUDIT = "nullgo-audit"
+FLOOR_AUDIT = "nullgo read with the audit line (Go)"
 CREDS = "skyflow warm creds read"
 CREDS_QUIET = "skyflow warm creds read, audit line off"
 QUIET_PLUGIN = "skyflow-noaudit"
@@ -103,6 +108,19 @@ def _row(
     )
 
 
+def _like_for_like(rounds: dict[str, list[Measured]]) -> list[str]:
+    """The ``creds`` read against the Go floor that does what it does about the audit line:
+    with its line against nullgo with the same line, without it against nullgo."""
+    pairs = [(CREDS, FLOOR_AUDIT, "with the audit line"), (CREDS_QUIET, FLOOR, "without it")]
+    found = [
+        f"{label}: {_ratio(rounds[ours], rounds[go], 'rps')}x the Go floor's throughput, "
+        f"{_ratio(rounds[ours], rounds[go], 'p50_ms')}x its p50"
+        for ours, go, label in pairs
+        if ours in rounds and go in rounds
+    ]
+    return [f"Like for like, the warm `creds` read {'; '.join(found)}.", ""] if found else []
+
+
 HANDSHAKE_RUNS = 20
 
 
@@ -138,12 +156,16 @@ def run() -> str:
     """Run the benchmark; return its Markdown section."""
     lines = ["## Plugin reads against kv-v2 and the Go floor (issues 2, 4, 12)", ""]
     floor = build_floor()
+    floor_audit = build_floor(audit_line=True)
     plugins = dict(DEFAULT_PLUGINS)
     plugins[QUIET_PLUGIN] = (SKYFLOW_LAUNCHER, {"ENV": "dev", "SKYFLOW_AUDIT_LOG": "false"})
     if floor.executable is not None:
         plugins[NULLGO] = (floor.executable, {})
+    if floor_audit.executable is not None:
+        plugins[NULLGO_AUDIT] = (floor_audit.executable, {})
     lines += [
-        f"Floor: {floor.note}. Each read runs once per round for {SECONDS} s, {ROUNDS} rounds, "
+        f"Floor: {floor.note}; {floor_audit.note} (bench/floor.py). "
+        f"Each read runs once per round for {SECONDS} s, {ROUNDS} rounds, "
         "each round in the reverse order of the one before; the table gives the medians of "
         "the rounds, and each ratio as the median of the rounds' own ratios "
         "(bench/rounds.py). Ratios compare reads measured in the same run on one server.",
@@ -162,6 +184,9 @@ def run() -> str:
         if floor.executable is not None:
             client.enable_secrets(NULLGO, NULLGO)
             targets[FLOOR] = (f"{NULLGO}/creds/anything", NULLGO)
+        if floor_audit.executable is not None:
+            client.enable_secrets(NULLGO_AUDIT, NULLGO_AUDIT)
+            targets[FLOOR_AUDIT] = (f"{NULLGO_AUDIT}/creds/producer", NULLGO_AUDIT)
         targets[CREDS] = (f"{mounts[0]}/creds/producer", "skyflow")
         quiet = stack.add_skyflow_mounts(QUIET_PLUGIN, QUIET_PLUGIN)[0]
         client.read(f"{quiet}/creds/producer")
@@ -188,6 +213,7 @@ def run() -> str:
                     for name, measured in rounds.items()
                 ),
                 "",
+                *_like_for_like(rounds),
             ]
         for mount in mounts:
             client.read(f"{mount}/creds/producer")
