@@ -25,8 +25,9 @@ INTRO = """\
 # Benchmarks
 
 Run on demand with `make bench` (`python -m bench`; needs `wrk`: `apt-get install -y wrk`).
-The Go floor (nullgo, from `../shared/anchors/nullgo`) needs Go and a few Debian packages
-(bench/floor.py installs them when run as root with apt); without them it is skipped.
+The Go floor (nullgo, from `../shared/anchors/nullgo`, built as it is and once more with an
+audit line per request) needs Go and a few Debian packages (bench/floor.py installs them
+when run as root with apt); without them it is skipped.
 Every figure is a ratio against a baseline measured in the same run on the same server, so
 that the machine's speed cancels out. What the numbers mean and where the time goes is in
 [performance.md](performance.md).
