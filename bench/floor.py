@@ -147,7 +147,8 @@ def build_floor(audit_line: bool = False) -> Floor:
     digest = _sources_digest(source)
     what = "nullgo"
     if audit_line:
-        digest += "-audit-" + hashlib.sha256(AUDIT_LINE_GO.encode()).hexdigest()[:8]
+        patch = (AUDIT_HOOK + AUDIT_LINE_GO).encode()
+        digest += "-audit-" + hashlib.sha256(patch).hexdigest()[:8]
         what = "nullgo with the audit line"
     out = CACHE / digest
     executable = out / "nullgo"

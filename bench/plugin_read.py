@@ -156,7 +156,8 @@ def run() -> str:
     """Run the benchmark; return its Markdown section."""
     lines = ["## Plugin reads against kv-v2 and the Go floor (issues 2, 4, 12)", ""]
     floor = build_floor()
-    floor_audit = build_floor(audit_line=True)
+    # Without nullgo (no anchor, no toolchain) there is nothing to add the line to.
+    floor_audit = build_floor(audit_line=True) if floor.executable is not None else floor
     plugins = dict(DEFAULT_PLUGINS)
     plugins[QUIET_PLUGIN] = (SKYFLOW_LAUNCHER, {"ENV": "dev", "SKYFLOW_AUDIT_LOG": "false"})
     if floor.executable is not None:
@@ -164,7 +165,7 @@ def run() -> str:
     if floor_audit.executable is not None:
         plugins[NULLGO_AUDIT] = (floor_audit.executable, {})
     lines += [
-        f"Floor: {floor.note}; {floor_audit.note} (bench/floor.py). "
+        f"Floor: {'; '.join(dict.fromkeys([floor.note, floor_audit.note]))} (bench/floor.py). "
         f"Each read runs once per round for {SECONDS} s, {ROUNDS} rounds, "
         "each round in the reverse order of the one before; the table gives the medians of "
         "the rounds, and each ratio as the median of the rounds' own ratios "
