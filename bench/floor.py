@@ -164,19 +164,22 @@ def build_floor(audit_line: bool = False) -> Floor:
                 f"Install: apt-get install -y {' '.join(PACKAGES)}",
             )
     with tempfile.TemporaryDirectory(prefix="nullgo-") as scratch:
+        build_from = source
         if audit_line:
-            copy = Path(scratch) / "nullgo"
-            shutil.copytree(source, copy)
-            main_go = copy / "main.go"
+            build_from = Path(scratch) / "nullgo"
+            shutil.copytree(source, build_from)
+            main_go = build_from / "main.go"
             main_go.chmod(0o644)  # the anchor's files are read-only
             try:
                 main_go.write_text(audit_line_source(main_go.read_text()))
             except ValueError as exc:
                 return Floor(None, f"{what} skipped: {exc}")
-            source = copy
         result = subprocess.run(
-            ["sh", str(source / "build.sh"), str(out)], capture_output=True, text=True, check=False
+            ["sh", str(build_from / "build.sh"), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0 or not executable.is_file():
         return Floor(None, f"{what} skipped: build failed: {result.stderr[-500:]}")
-    return Floor(executable, f"{what} built from {source_dir()}")
+    return Floor(executable, f"{what} built from {source}")
