@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ._records import FACTORY, dataclass_methods, set_field
 from .errors import BadRequest, FieldError, LogicalError, UnsupportedOperation, UnsupportedPath
 from .help import backend_help, path_help
 from .openapi import openapi_document
@@ -25,7 +26,8 @@ class BackendType(enum.IntEnum):
     CREDENTIAL = 2  # an auth method
 
 
-@dataclass(frozen=True)
+@dataclass_methods
+@dataclass(frozen=True, init=False, repr=False, eq=False)
 class SpecialPaths:
     """Paths the host treats specially. Entries are path prefixes, or globs ending in ``*``.
 
@@ -40,8 +42,22 @@ class SpecialPaths:
     local_storage: tuple[str, ...] = ()
     seal_wrap_storage: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        root: tuple[str, ...] = (),
+        unauthenticated: tuple[str, ...] = (),
+        local_storage: tuple[str, ...] = (),
+        seal_wrap_storage: tuple[str, ...] = (),
+    ) -> None:
+        # Written out rather than generated: see _records.
+        set_field(self, "root", root)
+        set_field(self, "unauthenticated", unauthenticated)
+        set_field(self, "local_storage", local_storage)
+        set_field(self, "seal_wrap_storage", seal_wrap_storage)
 
-@dataclass
+
+@dataclass_methods
+@dataclass(init=False, repr=False, eq=False)
 class BackendConfig:
     """What the host hands a new backend instance (one per mount)."""
 
@@ -50,6 +66,21 @@ class BackendConfig:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("backend"))
     config: Mapping[str, str] = field(default_factory=dict)
     backend_uuid: str = ""
+
+    def __init__(
+        self,
+        storage: Storage,
+        system_view: SystemView = FACTORY,
+        logger: logging.Logger = FACTORY,
+        config: Mapping[str, str] = FACTORY,
+        backend_uuid: str = "",
+    ) -> None:
+        # Written out rather than generated: see _records.
+        self.storage = storage
+        self.system_view = StaticSystemView() if system_view is FACTORY else system_view
+        self.logger = logging.getLogger("backend") if logger is FACTORY else logger
+        self.config = {} if config is FACTORY else config
+        self.backend_uuid = backend_uuid
 
 
 InitializeHook = Callable[[Storage], Awaitable[None]]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ._records import dataclass_methods, set_field
 from .errors import FieldError
 
 
@@ -49,7 +50,8 @@ _DURATION_UNITS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass_methods
+@dataclass(frozen=True, init=False, repr=False, eq=False)
 class Field:
     """A field a path accepts: its type, its help text and its default.
 
@@ -66,6 +68,25 @@ class Field:
     allowed_values: tuple[Any, ...] = ()
     max_length: int | None = None
     validator: Callable[[Any], None] | None = None
+
+    def __init__(
+        self,
+        type: FieldType,
+        description: str,
+        default: Any = None,
+        required: bool = False,
+        allowed_values: tuple[Any, ...] = (),
+        max_length: int | None = None,
+        validator: Callable[[Any], None] | None = None,
+    ) -> None:
+        # Written out rather than generated: see _records.
+        set_field(self, "type", type)
+        set_field(self, "description", description)
+        set_field(self, "default", default)
+        set_field(self, "required", required)
+        set_field(self, "allowed_values", allowed_values)
+        set_field(self, "max_length", max_length)
+        set_field(self, "validator", validator)
 
     def parse(self, name: str, raw: object) -> Any:
         """Convert ``raw`` to this field's type, raising :class:`FieldError` naming ``name``."""

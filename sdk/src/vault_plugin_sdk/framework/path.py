@@ -6,6 +6,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from ._records import FACTORY, dataclass_methods, set_field
 from .fields import NAME_PATTERN, Field
 from .request import FieldData, Operation, Request
 from .response import Response
@@ -19,7 +20,8 @@ def name_part(name: str) -> str:
     return f"(?P<{name}>{NAME_PATTERN})"
 
 
-@dataclass(frozen=True)
+@dataclass_methods
+@dataclass(frozen=True, init=False, repr=False, eq=False)
 class OperationHandler:
     """One operation on a path: the coroutine that serves it and its one-line summary."""
 
@@ -27,8 +29,15 @@ class OperationHandler:
     summary: str
     description: str = ""
 
+    def __init__(self, callback: OperationCallback, summary: str, description: str = "") -> None:
+        # Written out rather than generated: see _records.
+        set_field(self, "callback", callback)
+        set_field(self, "summary", summary)
+        set_field(self, "description", description)
 
-@dataclass(frozen=True)
+
+@dataclass_methods
+@dataclass(frozen=True, init=False, repr=False, eq=False)
 class Path:
     """A set of endpoints sharing one pattern.
 
@@ -46,6 +55,26 @@ class Path:
     help_synopsis: str = ""
     help_description: str = ""
     reject_unknown_fields: bool = False
+
+    def __init__(
+        self,
+        pattern: str,
+        operations: Mapping[Operation, OperationHandler],
+        fields: Mapping[str, Field] = FACTORY,
+        existence_check: ExistenceCheck | None = None,
+        help_synopsis: str = "",
+        help_description: str = "",
+        reject_unknown_fields: bool = False,
+    ) -> None:
+        # Written out rather than generated: see _records.
+        set_field(self, "pattern", pattern)
+        set_field(self, "operations", operations)
+        set_field(self, "fields", {} if fields is FACTORY else fields)
+        set_field(self, "existence_check", existence_check)
+        set_field(self, "help_synopsis", help_synopsis)
+        set_field(self, "help_description", help_description)
+        set_field(self, "reject_unknown_fields", reject_unknown_fields)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         compiled = re.compile(f"^{self.pattern}$")

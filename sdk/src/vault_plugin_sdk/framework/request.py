@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._records import FACTORY, dataclass_methods
 from .errors import FieldError
 from .fields import Field
 from .storage import Storage
@@ -28,7 +29,8 @@ class Operation(enum.StrEnum):
     RESOLVE_PATH = "resolve-path"
 
 
-@dataclass
+@dataclass_methods
+@dataclass(init=False, repr=False, eq=False)
 class Request:
     """One request routed to a backend.
 
@@ -53,6 +55,41 @@ class Request:
     remote_port: int = 0
     headers: dict[str, list[str]] = field(default_factory=dict)
     match: dict[str, str] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        operation: str,
+        path: str,
+        storage: Storage,
+        data: dict[str, Any] = FACTORY,
+        id: str = "",
+        mount_point: str = "",
+        mount_type: str = "",
+        mount_accessor: str = "",
+        display_name: str = "",
+        entity_id: str = "",
+        client_token_accessor: str = "",
+        remote_addr: str = "",
+        remote_port: int = 0,
+        headers: dict[str, list[str]] = FACTORY,
+        match: dict[str, str] = FACTORY,
+    ) -> None:
+        # Written out rather than generated: see _records.
+        self.operation = operation
+        self.path = path
+        self.storage = storage
+        self.data = {} if data is FACTORY else data
+        self.id = id
+        self.mount_point = mount_point
+        self.mount_type = mount_type
+        self.mount_accessor = mount_accessor
+        self.display_name = display_name
+        self.entity_id = entity_id
+        self.client_token_accessor = client_token_accessor
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.headers = {} if headers is FACTORY else headers
+        self.match = {} if match is FACTORY else match
 
     def header(self, name: str) -> str | None:
         """The first value of a passed-through header, case-insensitively, or ``None``."""

@@ -6,8 +6,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._records import FACTORY, dataclass_methods
 
-@dataclass
+
+@dataclass_methods
+@dataclass(init=False, repr=False, eq=False)
 class Response:
     """Response data and warnings.
 
@@ -23,6 +26,19 @@ class Response:
     warnings: list[str] = field(default_factory=list)
     status: int | None = None
     errors: list[str] = field(default_factory=list)
+
+    def __init__(
+        self,
+        data: dict[str, Any] = FACTORY,
+        warnings: list[str] = FACTORY,
+        status: int | None = None,
+        errors: list[str] = FACTORY,
+    ) -> None:
+        # Written out rather than generated: see _records.
+        self.data = {} if data is FACTORY else data
+        self.warnings = [] if warnings is FACTORY else warnings
+        self.status = status
+        self.errors = [] if errors is FACTORY else errors
 
     @classmethod
     def error(cls, message: str, data: dict[str, Any] | None = None) -> Response:

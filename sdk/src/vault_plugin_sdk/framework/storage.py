@@ -6,8 +6,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._records import dataclass_methods, set_field
 
-@dataclass(frozen=True)
+
+@dataclass_methods
+@dataclass(frozen=True, init=False, repr=False, eq=False)
 class StorageEntry:
     """One stored value. ``seal_wrap`` marks it for the host's seal wrapping, which only
     Vault Enterprise performs; OpenBao and Vault CE encrypt it with the barrier like every
@@ -17,6 +20,12 @@ class StorageEntry:
     key: str
     value: bytes = field(repr=False)
     seal_wrap: bool = False
+
+    def __init__(self, key: str, value: bytes, seal_wrap: bool = False) -> None:
+        # Written out rather than generated: see _records.
+        set_field(self, "key", key)
+        set_field(self, "value", value)
+        set_field(self, "seal_wrap", seal_wrap)
 
     def __repr__(self) -> str:
         return (
