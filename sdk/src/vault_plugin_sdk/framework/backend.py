@@ -56,6 +56,11 @@ class SpecialPaths:
         set_field(self, "seal_wrap_storage", seal_wrap_storage)
 
 
+def _backend_logger() -> logging.Logger:
+    """The logger a backend gets when its host or caller gives none."""
+    return logging.getLogger("backend")
+
+
 @dataclass_methods
 @dataclass(init=False, repr=False, eq=False)
 class BackendConfig:
@@ -63,7 +68,7 @@ class BackendConfig:
 
     storage: Storage
     system_view: SystemView = field(default_factory=StaticSystemView)
-    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("backend"))
+    logger: logging.Logger = field(default_factory=_backend_logger)
     config: Mapping[str, str] = field(default_factory=dict)
     backend_uuid: str = ""
 
@@ -78,7 +83,7 @@ class BackendConfig:
         # Written out rather than generated: see _records.
         self.storage = storage
         self.system_view = StaticSystemView() if system_view is FACTORY else system_view
-        self.logger = logging.getLogger("backend") if logger is FACTORY else logger
+        self.logger = _backend_logger() if logger is FACTORY else logger
         self.config = {} if config is FACTORY else config
         self.backend_uuid = backend_uuid
 
@@ -115,7 +120,7 @@ class Backend:
         self.storage = storage
         self.special_paths = special_paths or SpecialPaths()
         self.backend_type = backend_type
-        self.logger = logger or logging.getLogger("backend")
+        self.logger = logger or _backend_logger()
         self._initialize = initialize
         self._invalidate = invalidate
         self._cleanup = cleanup
