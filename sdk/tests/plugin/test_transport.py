@@ -302,4 +302,5 @@ async def test_header_blocks_remembered_by_bytes_mean_what_a_fresh_decoder_says(
         path, metadata = conn._decode(block)
         assert path == dict(fields).get(":path", "")
         assert metadata == {name: value for name, value in fields if not name.startswith(":")}
-    assert conn._header_cache  # the repeated block was answered from memory at least once
+    # The repeated block was answered from memory at least once.
+    assert conn._header_blocks.remembered

@@ -20,7 +20,8 @@ It serves the same service objects as grpclib (their ``__mapping__``), and hands
 a stream with the part of grpclib's ``Stream`` API they use (``recv_message``,
 ``send_message``, ``send_initial_metadata``, ``metadata``, ``async for``), so the same
 handlers run under grpclib in the in-process test driver. Streaming calls (the broker's
-``StartStream``, ``StreamStdio``, health ``Watch``) are supported with flow control.
+``StartStream``, ``StreamStdio``, health ``Watch``) are supported with flow control. The
+framing itself (frames, header blocks, SETTINGS, PING, windows) lives in ``http2``.
 """
 
 from __future__ import annotations
@@ -33,64 +34,30 @@ from typing import Any, cast
 
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
-from hpack import Decoder
 from hpack.exceptions import HPACKError
 
+from .http2 import (
+    CANCEL,
+    COMPRESSION_ERROR,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    HEADERS,
+    MAX_MESSAGE,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    RST_STREAM,
+    FramedConnection,
+    HeaderBlocks,
+    encode_headers,
+    frame,
+    grpc_message,
+)
 from .servable import Servable
 
+__all__ = ["GrpcServer", "HostConnection", "ServerStream", "encode_headers"]
+
 log = logging.getLogger("sdk.plugin")
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Frame types and flags (RFC 9113 section 6).
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
-WINDOW_UPDATE, CONTINUATION = 8, 9
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 1, 4, 5
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, COMPRESSION_ERROR = 0, 1, 3, 8, 9
-
-DEFAULT_WINDOW = 65_535
-DEFAULT_FRAME = 16_384
-# What we let the host send before it must wait for a WINDOW_UPDATE, per stream and for the
-# connection; replenished once half is used.
-RECEIVE_WINDOW = 1 << 24
-HEADER_CACHE_SIZE = 64  # distinct request header blocks remembered per connection
-MAX_MESSAGE = 64 << 20  # a request message larger than this is refused (RESOURCE_EXHAUSTED)
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((kind, flags))
-        + stream_id.to_bytes(4, "big")
-        + payload
-    )
-
-
-def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def encode_headers(fields: Iterable[tuple[str, str]]) -> bytes:
-    """A header block of literal fields without indexing and without Huffman coding: it
-    touches no HPACK dynamic table, so the same bytes are valid at any point of a
-    connection and can be built once."""
-    block = bytearray()
-    for name, value in fields:
-        raw_name, raw_value = name.encode(), value.encode()
-        block += b"\x00" + _hpack_int(len(raw_name), 7) + raw_name
-        block += _hpack_int(len(raw_value), 7) + raw_value
-    return bytes(block)
 
 
 # grpc-message is percent-encoded: printable ASCII except "%" stays as it is (as grpclib).
@@ -237,7 +204,7 @@ class ServerStream:
     async def send_message(self, message: Any) -> None:
         """Send one reply message (buffered for unary calls until the handler returns)."""
         body = message.SerializeToString()
-        data = b"\x00" + len(body).to_bytes(4, "big") + body
+        data = grpc_message(body)
         if not self.streams_out:
             self.reply.append(data)
             return
@@ -270,59 +237,38 @@ class ServerStream:
             self._window_open = None
 
 
-class HostConnection(asyncio.Protocol):
+def _request_fields(fields: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
+    """``(:path, metadata)`` of a request's header fields."""
+    path = ""
+    metadata: dict[str, str] = {}
+    for name, value in fields:
+        if name == ":path":
+            path = value
+        elif not name.startswith(":"):
+            metadata[name] = value
+    return path, metadata
+
+
+class HostConnection(FramedConnection):
     """One host connection: frames in, handler tasks, frames out."""
 
+    expects_preface = True
+
     def __init__(self, server: GrpcServer) -> None:
+        super().__init__()
         self._server = server
         self._mapping = server.mapping
         self._fast = server.fast
-        self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._preface_seen = False
-        self._decoder = Decoder()
-        self._header_cache: dict[bytes, tuple[str, dict[str, str]]] = {}
+        self._header_blocks = HeaderBlocks(_request_fields)
         self._streams: dict[int, ServerStream] = {}
-        self._header_block: bytearray | None = None
-        self._header_stream = 0
-        self._header_end_stream = False
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._unread = 0  # connection-level bytes received since the last WINDOW_UPDATE
         self._last_stream = 0
-        self.closed = False
-        self.send_window = DEFAULT_WINDOW
-        self.peer_initial_window = DEFAULT_WINDOW
-        self.peer_max_frame = DEFAULT_FRAME
-
-    # -- output ----------------------------------------------------------------------------
-
-    def send(self, data: bytes) -> None:
-        """Queue bytes; everything queued in one event-loop turn leaves in one write."""
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._out and self._transport is not None and not self.closed:
-            self._transport.write(b"".join(self._out))
-        self._out.clear()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._server.connections.add(self)
-        settings = SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + RECEIVE_WINDOW.to_bytes(
-            4, "big"
-        )
-        self.send(
-            frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, (RECEIVE_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
-        )
+        self.send(self.open_windows())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -333,99 +279,15 @@ class HostConnection(asyncio.Protocol):
             stream.open_window()
         self._streams.clear()
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        if not self._preface_seen:
-            if len(buffer) < len(PREFACE):
-                return
-            if buffer[: len(PREFACE)] != PREFACE:
-                self._fail(PROTOCOL_ERROR, "not an HTTP/2 client")
-                return
-            del buffer[: len(PREFACE)]
-            self._preface_seen = True
-        offset = 0
-        size = len(buffer)
-        try:
-            while size - offset >= 9:
-                length = int.from_bytes(buffer[offset : offset + 3], "big")
-                end = offset + 9 + length
-                if end > size:
-                    break
-                kind = buffer[offset + 3]
-                flags = buffer[offset + 4]
-                stream_id = int.from_bytes(buffer[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-                payload = bytes(buffer[offset + 9 : end])
-                offset = end
-                self._frame(kind, flags, stream_id, payload)
-                if self.closed:
-                    return
-        finally:
-            if offset:
-                del buffer[:offset]
-
     # -- frames ----------------------------------------------------------------------------
 
-    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if self._header_block is not None and kind != CONTINUATION:
-            self._fail(PROTOCOL_ERROR, "expected CONTINUATION")
-            return
-        if kind == DATA:
-            self._data(flags, stream_id, payload)
-        elif kind == HEADERS:
-            if flags & PADDED:
-                payload = payload[1 : len(payload) - payload[0]]
-            if flags & PRIORITY_FLAG:
-                payload = payload[5:]
-            self._header_stream = stream_id
-            self._header_end_stream = bool(flags & END_STREAM)
-            if flags & END_HEADERS:
-                self._headers(stream_id, payload, self._header_end_stream)
-            else:
-                self._header_block = bytearray(payload)
-        elif kind == CONTINUATION:
-            if self._header_block is None or stream_id != self._header_stream:
-                self._fail(PROTOCOL_ERROR, "unexpected CONTINUATION")
-                return
-            self._header_block += payload
-            if flags & END_HEADERS:
-                block = bytes(self._header_block)
-                self._header_block = None
-                self._headers(stream_id, block, self._header_end_stream)
-        elif kind == SETTINGS:
-            if not flags & ACK:
-                self._settings(payload)
-        elif kind == WINDOW_UPDATE:
-            self._window_update(stream_id, int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
-        elif kind == PING:
-            if not flags & ACK:
-                self.send(frame(PING, ACK, 0, payload))
-        elif kind == RST_STREAM:
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None and stream.task is not None:
-                stream.task.cancel()
-        elif kind == GOAWAY:
-            log.debug("host sent GOAWAY")
-        # PRIORITY and unknown frame types are ignored, as RFC 9113 allows.
+    def _initial_window_changed(self, delta: int) -> None:
+        for stream in self._streams.values():
+            stream.send_window += delta
+            stream.open_window()
 
-    def _settings(self, payload: bytes) -> None:
-        for index in range(0, len(payload) - 5, 6):
-            key = int.from_bytes(payload[index : index + 2], "big")
-            value = int.from_bytes(payload[index + 2 : index + 6], "big")
-            if key == SETTINGS_INITIAL_WINDOW_SIZE:
-                delta = value - self.peer_initial_window
-                self.peer_initial_window = value
-                for stream in self._streams.values():
-                    stream.send_window += delta
-                    stream.open_window()
-            elif key == SETTINGS_MAX_FRAME_SIZE:
-                self.peer_max_frame = value
-            # HEADER_TABLE_SIZE limits the host's decoder; we never index, so it is moot.
-        self.send(frame(SETTINGS, ACK, 0))
-
-    def _window_update(self, stream_id: int, increment: int) -> None:
-        if stream_id == 0:
-            self.send_window += increment
+    def _stream_window(self, stream_id: int | None, increment: int) -> None:
+        if stream_id is None:
             for waiting in self._streams.values():
                 waiting.open_window()
             return
@@ -434,54 +296,23 @@ class HostConnection(asyncio.Protocol):
             stream.send_window += increment
             stream.open_window()
 
-    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
-        # Flow control counts the whole payload, padding included, even for a stream that
-        # is gone: the connection window must be given back either way.
-        self._unread += len(payload)
-        if self._unread >= RECEIVE_WINDOW // 2:
-            self.send(frame(WINDOW_UPDATE, 0, 0, self._unread.to_bytes(4, "big")))
-            self._unread = 0
+    def _reset(self, stream_id: int, code: int) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+
+    def _stream_data(self, stream_id: int, payload: bytes, received: int, end: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        stream.unread += len(payload)
-        if flags & PADDED:
-            payload = payload[1 : len(payload) - payload[0]]
         stream.received += payload
-        end = bool(flags & END_STREAM)
-        if stream.unread >= RECEIVE_WINDOW // 2 and not end:
-            self.send(frame(WINDOW_UPDATE, 0, stream_id, stream.unread.to_bytes(4, "big")))
-            stream.unread = 0
+        stream.unread = self.consumed(stream_id, stream.unread + received, end)
         self._deliver(stream, end)
 
     def _decode(self, block: bytes) -> tuple[str, dict[str, str]]:
-        """``(:path, metadata)`` of a request header block.
-
-        The host sends the same few bytes for most calls (every field indexed in the HPACK
-        tables), and decoding such a block leaves the tables as they were, so its meaning
-        stays the same until some other block changes them. Those blocks are remembered
-        by their bytes; anything that changes the dynamic table forgets them all.
-        """
-        cached = self._header_cache.get(block)
-        if cached is not None:
-            return cached[0], dict(cached[1])
-        table = self._decoder.header_table.dynamic_entries
-        size, head = len(table), (table[0] if table else None)
-        fields = cast(list[tuple[str, str]], self._decoder.decode(block))
-        path = ""
-        metadata: dict[str, str] = {}
-        for name, value in fields:
-            if name == ":path":
-                path = value
-            elif not name.startswith(":"):
-                metadata[name] = value
-        if len(table) == size and (table[0] if table else None) is head:
-            if len(self._header_cache) >= HEADER_CACHE_SIZE:
-                self._header_cache.clear()
-            self._header_cache[block] = (path, metadata)
-            return path, dict(metadata)
-        self._header_cache.clear()
-        return path, metadata
+        """``(:path, metadata)`` of a request header block (the metadata a fresh dict)."""
+        path, metadata = self._header_blocks.decode(block)
+        return path, dict(metadata)
 
     def _headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         try:
@@ -531,7 +362,7 @@ class HostConnection(asyncio.Protocol):
                 answer = fast(stream._pending[0])
                 if answer is not None:
                     self._streams.pop(stream.id, None)
-                    self._reply(stream.id, b"\x00" + len(answer).to_bytes(4, "big") + answer)
+                    self._reply(stream.id, grpc_message(answer))
                     return
             stream.task = self._loop.create_task(self._run(stream))
 
@@ -594,19 +425,8 @@ class HostConnection(asyncio.Protocol):
 
     # -- shutdown --------------------------------------------------------------------------
 
-    def _fail(self, code: int, why: str) -> None:
-        log.warning("closing the host connection: %s", why)
-        self.goaway(code)
-        self._flush()
-        if self._transport is not None:
-            self._transport.close()
-        self.closed = True
-
-    def goaway(self, code: int = NO_ERROR) -> None:
-        """Tell the host no new calls will be served on this connection."""
-        self.send(
-            frame(GOAWAY, 0, 0, self._last_stream.to_bytes(4, "big") + code.to_bytes(4, "big"))
-        )
+    def _last_peer_stream(self) -> int:
+        return self._last_stream
 
     def tasks(self, *, unary: bool) -> list[asyncio.Task[None]]:
         """Handler tasks in flight: of unary calls, or of streaming ones."""
