@@ -1,16 +1,16 @@
 """One storage suite for every implementation: in memory, and the gRPC client of the host's
-Storage service (served in-process by the testing helpers)."""
+Storage service (served by grpclib's server in-process, through the testing helpers)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import pytest
-from grpclib.testing import ChannelFor
 
 from vault_plugin_sdk.framework import ReadOnlyStorageError, Storage, StorageEntry
+from vault_plugin_sdk.plugin.broker_channel import BrokerChannel
 from vault_plugin_sdk.plugin.host import GrpcStorage
-from vault_plugin_sdk.testing import InMemoryStorage, StorageServer
+from vault_plugin_sdk.testing import InMemoryStorage, StorageServer, serve_host_services
 
 
 @pytest.fixture(params=["memory", "grpc"])
@@ -19,8 +19,12 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Storage
     if request.param == "memory":
         yield backing, backing
         return
-    async with ChannelFor([StorageServer(backing)]) as channel:
-        yield GrpcStorage(channel), backing
+    async with serve_host_services([StorageServer(backing)]) as socket:
+        channel = BrokerChannel("unix", socket, None)
+        try:
+            yield GrpcStorage(channel), backing
+        finally:
+            channel.close()
 
 
 async def test_put_get_delete(storage: tuple[Storage, InMemoryStorage]) -> None:

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 PROG = "skyflow-vault-plugin"
 # Process-wide settings the SDK's serve() leaves alone unless asked (see its docstring).
 QUIET_LOGGERS = ("httpx", "httpcore")  # per-request client logs would flood the host's log
-MAX_CLOSED_STREAMS = 1024  # h2 keeps 2**16 per connection by default: ~11 MiB per 50k requests
 
 BY_HAND_MESSAGE = f"""\
 This binary is a plugin. These are not meant to be executed directly.
@@ -76,7 +75,6 @@ def _serve() -> int:
         version=_version(),
         log_to_host=True,
         quiet_loggers=QUIET_LOGGERS,
-        max_closed_streams=MAX_CLOSED_STREAMS,
         no_core_dumps=True,
     )
 

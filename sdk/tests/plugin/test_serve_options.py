@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from h2.connection import H2Connection
 
 from vault_plugin_sdk.framework import Backend, BackendConfig
-from vault_plugin_sdk.plugin.broker import Broker
 from vault_plugin_sdk.plugin.handshake import MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE
 
 # the module (the package exports the function under the same name)
@@ -40,7 +38,6 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     loggers = {name: logging.getLogger(name).level for name in ("httpx", "h2", "hpack")}
-    closed_streams = H2Connection.MAX_CLOSED_STREAMS
     sigint = signal.getsignal(signal.SIGINT)
     switches = {name: getattr(logging, name) for name in LOGGING_SWITCHES}
     yield
@@ -50,16 +47,14 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root.setLevel(level)
     for name, saved in loggers.items():
         logging.getLogger(name).setLevel(saved)
-    H2Connection.MAX_CLOSED_STREAMS = closed_streams
     signal.signal(signal.SIGINT, sigint)
 
 
 @pytest.mark.usefixtures("no_server")
-def test_serve_changes_no_logger_and_no_h2_setting_by_default() -> None:
+def test_serve_changes_no_logger_by_default() -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     httpx_level = logging.getLogger("httpx").level
-    closed_streams = H2Connection.MAX_CLOSED_STREAMS
     switches = [getattr(logging, name) for name in LOGGING_SWITCHES]
 
     assert serve_module.serve(_factory, version="v0.1.0", env=HOST_ENV) == 0
@@ -68,7 +63,6 @@ def test_serve_changes_no_logger_and_no_h2_setting_by_default() -> None:
     assert root.handlers == handlers
     assert root.level == level
     assert logging.getLogger("httpx").level == httpx_level
-    assert closed_streams == H2Connection.MAX_CLOSED_STREAMS
 
 
 @pytest.mark.usefixtures("no_server")
@@ -80,7 +74,6 @@ def test_serve_changes_what_it_is_asked_to() -> None:
         env=env,
         log_to_host=True,
         quiet_loggers=("httpx",),
-        max_closed_streams=7,
     )
     assert status == 0
     root = logging.getLogger()
@@ -90,22 +83,6 @@ def test_serve_changes_what_it_is_asked_to() -> None:
     assert logging.getLogger("h2").level == logging.WARNING
     # records no longer collect what the hclog line never shows
     assert [getattr(logging, name) for name in LOGGING_SWITCHES] == [None, False, False, False]
-
-
-@pytest.mark.parametrize("asked", [None, 7])
-async def test_the_broker_caps_h2_closed_streams_only_when_asked(asked: int | None) -> None:
-    """h2 is imported at the first broker dial, not before the handshake: the cap that
-    serve(max_closed_streams=...) asks for is applied there."""
-    saved = H2Connection.MAX_CLOSED_STREAMS
-    try:
-        broker = Broker(None, max_closed_streams=asked)
-        broker.deliver(1, "unix", "/nonexistent/broker.sock")  # a channel connects lazily
-        channel = await broker.dial(1)
-        channel.close()
-        now = H2Connection.MAX_CLOSED_STREAMS
-        assert now == (saved if asked is None else asked)
-    finally:
-        H2Connection.MAX_CLOSED_STREAMS = saved
 
 
 def test_the_socket_directory_is_private_and_made_in_tmpdir(

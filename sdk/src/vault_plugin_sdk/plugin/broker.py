@@ -17,8 +17,9 @@ from grpclib.const import Cardinality, Handler
 from .pb import goplugin_pb2
 
 if TYPE_CHECKING:
-    from grpclib.client import Channel
     from grpclib.server import Stream
+
+    from .broker_channel import BrokerChannel
 
 log = logging.getLogger("sdk.broker")
 
@@ -38,11 +39,8 @@ class Broker:
             )
         }
 
-    def __init__(
-        self, client_tls: ssl.SSLContext | None, *, max_closed_streams: int | None = None
-    ) -> None:
+    def __init__(self, client_tls: ssl.SSLContext | None) -> None:
         self._client_tls = client_tls
-        self._max_closed_streams = max_closed_streams
         self._addresses: dict[int, asyncio.Future[tuple[str, str]]] = {}
 
     def _slot(self, service_id: int) -> asyncio.Future[tuple[str, str]]:
@@ -66,8 +64,10 @@ class Broker:
             log.debug("broker connection info", extra={"service_id": info.service_id})
             self.deliver(info.service_id, info.network, info.address)
 
-    async def dial(self, service_id: int) -> Channel:
-        """A channel to the host's server for ``service_id``, waiting for its address."""
+    async def dial(self, service_id: int) -> BrokerChannel:
+        """A channel to the host's server for ``service_id``, waiting for its address.
+
+        The channel connects at its first call."""
         slot = self._slot(service_id)
         try:
             network, address = await asyncio.wait_for(asyncio.shield(slot), BROKER_WAIT_SECONDS)
@@ -75,27 +75,6 @@ class Broker:
             raise TimeoutError(f"timeout waiting for broker connection {service_id}") from None
         finally:
             self._addresses.pop(service_id, None)
-        # The gRPC client (and h2 under it) is imported at the first dial, not before the
-        # handshake: only Setup needs it.
-        from grpclib.client import Channel
-        from grpclib.config import Configuration
-        from h2.connection import H2Connection
+        from .broker_channel import BrokerChannel  # only once a mount is set up
 
-        # h2 remembers up to 2**16 closed streams per connection, to recognise late frames;
-        # a broker channel opens one stream per storage call. serve()'s caller may cap that
-        # set (a class attribute, hence opt-in).
-        if self._max_closed_streams is not None:
-            H2Connection.MAX_CLOSED_STREAMS = self._max_closed_streams
-        if network != "unix":
-            host, _, port = address.rpartition(":")
-            return Channel(
-                host,
-                int(port),
-                ssl=self._client_tls,
-                config=Configuration(ssl_target_name_override="localhost"),
-            )
-        return Channel(
-            path=address,
-            ssl=self._client_tls,
-            config=Configuration(ssl_target_name_override="localhost"),
-        )
+        return BrokerChannel(network, address, self._client_tls)

@@ -39,7 +39,6 @@ def serve(
     env: Mapping[str, str] | None = None,
     log_to_host: bool = False,
     quiet_loggers: Iterable[str] = (),
-    max_closed_streams: int | None = None,
     no_core_dumps: bool = False,
 ) -> int:
     """Serve ``factory``'s backends to the host that started this process.
@@ -54,11 +53,6 @@ def serve(
       ``PLUGIN_LOG_LEVEL`` (default info), so the host files each record under its level;
       ``hpack``/``h2`` and the ``quiet_loggers`` are raised to WARNING, and records stop
       collecting what the line never shows (caller frame, thread and process names).
-    * ``max_closed_streams``: set h2's ``H2Connection.MAX_CLOSED_STREAMS`` (a class attribute),
-      when the first broker channel opens (h2 is not imported before).
-      h2 remembers up to 2**16 closed streams per connection; the host opens two streams per
-      request on one long-lived connection, so that set alone grows a busy plugin by ~11 MiB
-      over 50,000 requests. A thousand or so suffice.
     * ``no_core_dumps``: set ``RLIMIT_CORE`` to 0 and the process non-dumpable, so that a
       crash or a ``gcore`` cannot write the backend's secrets to disk.
     """
@@ -81,7 +75,6 @@ def serve(
         multiplex=multiplex,
         client_cert=config.client_cert_pem,
         app_protocol=config.app_protocol,
-        max_closed_streams=max_closed_streams,
     )
     loop_factory = _loop_factory(environment)
     with asyncio.Runner(loop_factory=loop_factory) as asyncio_runner:
@@ -105,7 +98,6 @@ async def _run(
     multiplex: bool,
     client_cert: str | None,
     app_protocol: int,
-    max_closed_streams: int | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -114,7 +106,7 @@ async def _run(
         from .tls import build_tls
 
         tls = build_tls(client_cert)
-    broker = Broker(tls.client if tls else None, max_closed_streams=max_closed_streams)
+    broker = Broker(tls.client if tls else None)
     backends = BackendService(factory, broker)
     services: list[Servable] = [
         backends,

@@ -3,7 +3,7 @@
 Each service lists its methods itself (``__mapping__``, the interface of grpclib's generated
 ``*Base`` classes) instead of subclassing the generated ``*_grpc`` modules: those import
 ``grpclib.client`` and with it h2, about a fifth of the imports before the handshake, and
-the plugin needs them only once it dials the host's broker at the first ``Setup``.
+the plugin needs neither (it calls the host's broker servers with ``broker_channel``).
 ``tests/sdk/plugin/test_services_mapping.py`` checks that the lists match the generated ones.
 """
 
@@ -20,8 +20,9 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1 import health_pb2
 
 if TYPE_CHECKING:
-    from grpclib.client import Channel
     from grpclib.server import Stream
+
+    from .broker_channel import BrokerChannel
 
 from ..framework.backend import Backend, BackendConfig, BackendFactory
 from ..framework.errors import BadRequest, ReadOnlyStorageError
@@ -66,7 +67,7 @@ class MountInstance(NamedTuple):
     """One mount's backend and the broker channel its storage and system view use."""
 
     backend: Backend
-    channel: Channel | None
+    channel: BrokerChannel | None
 
 
 def _mount_key(stream: Stream[object, object]) -> str:

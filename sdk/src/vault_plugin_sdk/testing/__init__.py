@@ -1,7 +1,8 @@
 """Helpers to test a backend without a server: in-memory storage, and two drivers that
 answer like the host does -- one calling the backend directly, one over the real gRPC
 Backend service and the plugin's own transport in-process (a unix socket in a temporary
-directory, no TLS), with storage served back over gRPC too.
+directory, no TLS), with storage and the system view served back over gRPC too: by
+grpclib's server, an HTTP/2 stack independent of the plugin's broker client.
 
 Run the same suite with both drivers to show that the transport changes nothing::
 
@@ -20,17 +21,17 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from grpclib.client import Channel
-from grpclib.server import Stream
-from grpclib.testing import ChannelFor
+from grpclib.server import Server, Stream
 
 from ..framework.backend import Backend, BackendConfig, BackendFactory
 from ..framework.errors import BadRequest, StorageError
 from ..framework.storage import StorageEntry
 from ..framework.system_view import StaticSystemView, SystemView
 from ..plugin.broker import Broker
+from ..plugin.broker_channel import BrokerChannel
 from ..plugin.codec import encode_error, encode_response
 from ..plugin.pb import backend_grpc
 from ..plugin.pb import backend_pb2 as pb
@@ -318,28 +319,30 @@ class SystemViewServer(backend_grpc.SystemViewBase):
         await stream.send_message(pb.PluginEnvReply(plugin_environment=env))
 
 
-class _BorrowedChannel:
-    """A channel owned by someone else: the mount may use it but not close it."""
-
-    def __init__(self, channel: Channel) -> None:
-        self._channel = channel
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._channel, name)
-
-    def close(self) -> None:
-        """The owner closes it."""
+@contextlib.asynccontextmanager
+async def serve_host_services(services: list[Servable]) -> AsyncIterator[str]:
+    """Serve ``services`` (say :class:`StorageServer`) as the host's broker would, on a unix
+    socket in a temporary directory (no TLS); yields the socket's path."""
+    server = Server(services)
+    with tempfile.TemporaryDirectory(prefix="plugin-host-") as socket_dir:
+        path = os.path.join(socket_dir, "host.sock")
+        await server.start(path=path)
+        try:
+            yield path
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 class _LoopbackBroker(Broker):
-    """A broker that hands out one in-process channel instead of dialling the host."""
+    """A broker whose every connection is the test's host services socket."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, host_socket: str) -> None:
         super().__init__(None)
-        self._channel = channel
+        self._host_socket = host_socket
 
-    async def dial(self, service_id: int) -> Channel:
-        return cast(Channel, _BorrowedChannel(self._channel))
+    async def dial(self, service_id: int) -> BrokerChannel:
+        return BrokerChannel("unix", self._host_socket, None)
 
 
 class GrpcDriver:
@@ -411,8 +414,8 @@ async def open_driver(
     if kind != "grpc":
         raise ValueError(f"unknown driver kind {kind!r}")
     host_services: list[Servable] = [StorageServer(storage), SystemViewServer(view)]
-    async with ChannelFor(host_services) as host_channel:
-        service = BackendService(factory, _LoopbackBroker(host_channel))
+    async with serve_host_services(host_services) as host_socket:
+        service = BackendService(factory, _LoopbackBroker(host_socket))
         # The plugin side runs on the transport plugin processes use, over a unix socket.
         server = GrpcServer([service])
         with tempfile.TemporaryDirectory(prefix="plugin-driver-") as socket_dir:
