@@ -4,6 +4,7 @@ scripted host that sends what a well-behaved one would not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from vault_plugin_sdk.plugin.http2 import (
     RST_STREAM,
     SETTINGS,
     SETTINGS_MAX_CONCURRENT_STREAMS,
+    FlowControlled,
     FramedConnection,
     encode_headers,
     frame,
@@ -274,11 +276,8 @@ class ScriptedHost(FramedConnection):
     def _reset(self, stream_id: int, code: int) -> None:
         pass
 
-    def _stream_window(self, stream_id: int | None, increment: int) -> None:
-        pass
-
-    def _initial_window_changed(self, delta: int) -> None:
-        pass
+    def _flow_controlled(self) -> dict[int, FlowControlled]:
+        return {}
 
 
 OK_HEADERS = encode_headers([(":status", "200"), ("content-type", "application/grpc")])
@@ -294,9 +293,11 @@ def _reply(
     )
 
 
+@contextlib.asynccontextmanager
 async def _scripted(
     tmp_path: Path, script: Script, settings: bytes = b""
-) -> tuple[asyncio.AbstractServer, BrokerChannel, list[ScriptedHost]]:
+) -> AsyncIterator[tuple[BrokerChannel, list[ScriptedHost]]]:
+    """A channel to a scripted host; the hosts it connected to, in order."""
     hosts: list[ScriptedHost] = []
 
     def accept() -> ScriptedHost:
@@ -305,7 +306,12 @@ async def _scripted(
 
     path = str(tmp_path / "scripted.sock")
     server = await asyncio.get_running_loop().create_unix_server(accept, path)
-    return server, BrokerChannel("unix", path, None), hosts
+    channel = BrokerChannel("unix", path, None)
+    try:
+        yield channel, hosts
+    finally:
+        channel.close()
+        server.close()
 
 
 async def _get(channel: BrokerChannel) -> pb.StorageGetReply:
@@ -358,16 +364,12 @@ async def _get(channel: BrokerChannel) -> pb.StorageGetReply:
 async def test_a_malformed_reply_fails_its_call_with_a_status(
     tmp_path: Path, script: Script, status: Status, text: str | None
 ) -> None:
-    server, channel, _ = await _scripted(tmp_path, script)
-    try:
+    async with _scripted(tmp_path, script) as (channel, _):
         with pytest.raises(GRPCError) as raised:
             await asyncio.wait_for(_get(channel), 5)
         assert raised.value.status is status
         if text is not None:
             assert text in (raised.value.message or "")
-    finally:
-        channel.close()
-        server.close()
 
 
 async def test_a_reply_larger_than_the_limit_is_refused_while_it_arrives(
@@ -379,15 +381,11 @@ async def test_a_reply_larger_than_the_limit_is_refused_while_it_arrives(
         host.send(frame(HEADERS, END_HEADERS, stream_id, OK_HEADERS))
         host.send(frame(DATA, 0, stream_id, grpc_message(bytes(5000))[:2000]))
 
-    server, channel, _ = await _scripted(tmp_path, flood)
-    try:
+    async with _scripted(tmp_path, flood) as (channel, _):
         with pytest.raises(GRPCError) as raised:
             await asyncio.wait_for(_get(channel), 5)
         assert raised.value.status is Status.RESOURCE_EXHAUSTED
         assert not _connection(channel)._calls
-    finally:
-        channel.close()
-        server.close()
 
 
 async def test_the_hosts_limit_on_concurrent_streams_is_honoured(tmp_path: Path) -> None:
@@ -397,8 +395,7 @@ async def test_the_hosts_limit_on_concurrent_streams_is_honoured(tmp_path: Path)
         pending.append(stream_id)
 
     limit = SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + (2).to_bytes(4, "big")
-    server, channel, hosts = await _scripted(tmp_path, hold, limit)
-    try:
+    async with _scripted(tmp_path, hold, limit) as (channel, hosts):
         calls = [asyncio.ensure_future(_get(channel)) for _ in range(5)]
         await asyncio.sleep(0.2)
         assert len(hosts[0].requests) == 2  # the others wait for a stream to end
@@ -411,9 +408,6 @@ async def test_the_hosts_limit_on_concurrent_streams_is_honoured(tmp_path: Path)
             assert len(hosts[0].requests) - answered <= 2
         replies = await asyncio.wait_for(asyncio.gather(*calls), 5)
         assert len(replies) == 5
-    finally:
-        channel.close()
-        server.close()
 
 
 async def test_goaway_fails_the_calls_the_host_never_started_and_redials(tmp_path: Path) -> None:
@@ -424,16 +418,12 @@ async def test_goaway_fails_the_calls_the_host_never_started_and_redials(tmp_pat
         # The host will process nothing above the first stream.
         host.send(frame(7, 0, 0, (1).to_bytes(4, "big") + bytes(4)))
 
-    server, channel, hosts = await _scripted(tmp_path, away)
-    try:
+    async with _scripted(tmp_path, away) as (channel, hosts):
         await asyncio.wait_for(_get(channel), 5)
         with pytest.raises(ConnectionError, match="going away"):
             await asyncio.wait_for(_get(channel), 5)
         await asyncio.wait_for(_get(channel), 5)  # on a new connection
         assert len(hosts) == 2
-    finally:
-        channel.close()
-        server.close()
 
 
 async def test_a_host_that_never_speaks_http2_fails_the_call_naming_the_address(

@@ -98,7 +98,8 @@ class _Call:
         self.unread = 0  # bytes received since the last stream WINDOW_UPDATE
         self.window_open: asyncio.Event | None = None
 
-    def wake(self) -> None:
+    def open_window(self) -> None:
+        """Wake the sender if it waits for a window (or for nothing more: the call ended)."""
         if self.window_open is not None:
             self.window_open.set()
             self.window_open = None
@@ -223,7 +224,7 @@ class ClientConnection(FramedConnection):
             self._calls.pop(call.id, None)
             if not call.done.done():
                 call.done.set_exception(ConnectionError(why))
-            call.wake()
+            call.open_window()
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -272,7 +273,7 @@ class ClientConnection(FramedConnection):
             call.done.set_exception(outcome)
         else:
             call.done.set_result(outcome)
-        call.wake()
+        call.open_window()
 
     def _stream_data(self, stream_id: int, payload: bytes, received: int, end: bool) -> None:
         call = self._calls.get(stream_id)
@@ -299,20 +300,8 @@ class ClientConnection(FramedConnection):
         self._fail_calls(lambda call: call.id > last_stream_id, "the host's server is going away")
         self._free_slot()
 
-    def _stream_window(self, stream_id: int | None, increment: int) -> None:
-        if stream_id is None:
-            for call in self._calls.values():
-                call.wake()
-            return
-        waiting = self._calls.get(stream_id)
-        if waiting is not None:
-            waiting.send_window += increment
-            waiting.wake()
-
-    def _initial_window_changed(self, delta: int) -> None:
-        for call in self._calls.values():
-            call.send_window += delta
-            call.wake()
+    def _flow_controlled(self) -> dict[int, _Call]:
+        return self._calls
 
     def close(self) -> None:
         """Close the connection; calls in flight fail with ``ConnectionError``."""

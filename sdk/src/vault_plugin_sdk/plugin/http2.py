@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, Protocol, TypeVar, cast
 
 from hpack import Decoder
 
@@ -113,13 +113,23 @@ class HeaderBlocks(Generic[T]):
         return meaning
 
 
+class FlowControlled(Protocol):
+    """A stream that sends DATA: its share of the peer's window, and a way to wake it."""
+
+    send_window: int
+
+    def open_window(self) -> None:
+        """Wake the stream's sender, if it waits for the window to open."""
+        ...
+
+
 class FramedConnection(asyncio.Protocol):
     """One HTTP/2 connection's framing; subclasses handle streams.
 
     Subclasses implement ``_headers`` (a complete header block), ``_stream_data`` (a DATA
     payload, padding removed, for a stream), ``_reset`` (RST_STREAM), ``_going_away``
-    (GOAWAY), ``_stream_window`` (a WINDOW_UPDATE for a stream, or ``None`` for the
-    connection) and ``_initial_window_changed``.
+    (GOAWAY) and ``_flow_controlled`` (their open streams, whose send windows follow the
+    peer's WINDOW_UPDATEs and SETTINGS).
     """
 
     expects_preface = False  # a server reads the client's preface before any frame
@@ -292,11 +302,25 @@ class FramedConnection(asyncio.Protocol):
     def _going_away(self, last_stream_id: int, code: int) -> None:
         log.debug("peer sent GOAWAY", extra={"last_stream_id": last_stream_id, "code": code})
 
-    def _stream_window(self, stream_id: int | None, increment: int) -> None:
+    def _flow_controlled(self) -> Mapping[int, FlowControlled]:
         raise NotImplementedError
 
+    def _stream_window(self, stream_id: int | None, increment: int) -> None:
+        """A WINDOW_UPDATE for a stream, or for the connection (``None``)."""
+        streams = self._flow_controlled()
+        if stream_id is None:
+            for waiting in streams.values():
+                waiting.open_window()
+            return
+        stream = streams.get(stream_id)
+        if stream is not None:
+            stream.send_window += increment
+            stream.open_window()
+
     def _initial_window_changed(self, delta: int) -> None:
-        raise NotImplementedError
+        for stream in self._flow_controlled().values():
+            stream.send_window += delta
+            stream.open_window()
 
     # -- shutdown --------------------------------------------------------------------------
 

@@ -281,20 +281,8 @@ class HostConnection(FramedConnection):
 
     # -- frames ----------------------------------------------------------------------------
 
-    def _initial_window_changed(self, delta: int) -> None:
-        for stream in self._streams.values():
-            stream.send_window += delta
-            stream.open_window()
-
-    def _stream_window(self, stream_id: int | None, increment: int) -> None:
-        if stream_id is None:
-            for waiting in self._streams.values():
-                waiting.open_window()
-            return
-        stream = self._streams.get(stream_id)
-        if stream is not None:
-            stream.send_window += increment
-            stream.open_window()
+    def _flow_controlled(self) -> dict[int, ServerStream]:
+        return self._streams
 
     def _reset(self, stream_id: int, code: int) -> None:
         stream = self._streams.pop(stream_id, None)
