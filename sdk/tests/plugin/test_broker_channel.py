@@ -410,6 +410,29 @@ async def test_the_hosts_limit_on_concurrent_streams_is_honoured(tmp_path: Path)
         assert len(replies) == 5
 
 
+async def test_calls_waiting_for_a_stream_go_as_soon_as_the_host_raises_its_limit(
+    tmp_path: Path,
+) -> None:
+    pending: list[int] = []
+
+    def hold(host: ScriptedHost, stream_id: int) -> None:
+        pending.append(stream_id)
+
+    def limit(streams: int) -> bytes:
+        return SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + streams.to_bytes(4, "big")
+
+    async with _scripted(tmp_path, hold, limit(1)) as (channel, hosts):
+        calls = [asyncio.ensure_future(_get(channel)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert len(hosts[0].requests) == 1
+        hosts[0].send(frame(SETTINGS, 0, 0, limit(3)))  # no call has ended
+        await asyncio.sleep(0.2)
+        assert len(hosts[0].requests) == 3
+        for stream_id in pending:
+            _reply(hosts[0], stream_id, grpc_message(b""), [("grpc-status", "0")])
+        assert len(await asyncio.wait_for(asyncio.gather(*calls), 5)) == 3
+
+
 async def test_goaway_fails_the_calls_the_host_never_started_and_redials(tmp_path: Path) -> None:
     def away(host: ScriptedHost, stream_id: int) -> None:
         if len(host.requests) == 1:
@@ -470,3 +493,31 @@ print(sorted(m for m in ("h2", "grpclib.client") if m in sys.modules))
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_after_goaway_the_calls_the_host_still_runs_finish_on_the_old_connection(
+    tmp_path: Path,
+) -> None:
+    held: list[tuple[ScriptedHost, int]] = []
+
+    def script(host: ScriptedHost, stream_id: int) -> None:
+        if len(host.requests) == 1 and not held:
+            held.append((host, stream_id))  # answered later, after the GOAWAY
+        elif len(host.requests) == 2:
+            host.send(frame(7, 0, 0, (1).to_bytes(4, "big") + bytes(4)))  # 1 still runs
+        else:
+            _reply(host, stream_id, grpc_message(b""), [("grpc-status", "0")])
+
+    async with _scripted(tmp_path, script) as (channel, hosts):
+        first = asyncio.ensure_future(_get(channel))
+        await asyncio.sleep(0.1)
+        with pytest.raises(ConnectionError, match="going away"):
+            await asyncio.wait_for(_get(channel), 5)
+        await asyncio.wait_for(_get(channel), 5)  # a new connection
+        assert len(hosts) == 2
+        old_host, stream_id = held[0]
+        _reply(old_host, stream_id, grpc_message(b""), [("grpc-status", "0")])
+        await asyncio.wait_for(first, 5)
+        await asyncio.sleep(0.05)
+        assert old_host._transport is not None
+        assert old_host._transport.is_closing()  # the old connection closed once drained

@@ -21,7 +21,6 @@ next call after a lost connection dials again.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, cast
@@ -49,8 +48,6 @@ from .http2 import (
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
-
-log = logging.getLogger("sdk.broker")
 
 Reply = TypeVar("Reply", bound="Message")
 
@@ -80,7 +77,7 @@ def decode_grpc_message(value: str) -> str:
     """A ``grpc-message`` trailer's text (percent-encoded on the wire)."""
     if "%" not in value:
         return value
-    from urllib.parse import unquote  # only for error text: keeps ipaddress out of the start
+    from urllib.parse import unquote  # only for error text
 
     return unquote(value, errors="replace")
 
@@ -170,7 +167,7 @@ class ClientConnection(FramedConnection):
         stream_id = self._next_id
         self._next_id += 2
         if self._next_id > MAX_STREAM_ID:  # ids are never reused: the next call redials
-            self.going_away = True
+            self.going_away = True  # and this connection closes after its last call
         call = _Call(stream_id, self.peer_initial_window, self._loop.create_future())
         self._calls[stream_id] = call
         data = grpc_message(body)
@@ -213,6 +210,14 @@ class ClientConnection(FramedConnection):
     def _end(self, call: _Call) -> None:
         self._calls.pop(call.id, None)
         self._free_slot()
+        if self.going_away and not self._calls:
+            self.close()
+
+    def retire(self) -> None:
+        """Start no more calls here; close once the calls in flight have finished."""
+        self.going_away = True
+        if not self._calls:
+            self.close()
 
     def _free_slot(self) -> None:
         if self._slot_free is not None:
@@ -232,6 +237,7 @@ class ClientConnection(FramedConnection):
         super()._settings(payload)
         if not self.settled.done():
             self.settled.set_result(None)
+        self._free_slot()  # the host may have raised its limit on concurrent streams
 
     def _headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         try:
@@ -353,7 +359,7 @@ class BrokerChannel:
             if current is not None and current.usable:
                 return current
             if current is not None:
-                current.close()
+                current.retire()
             loop = asyncio.get_running_loop()
             hostname = AUTHORITY if self._tls is not None else None
             if self._network == "unix":
