@@ -445,8 +445,30 @@ async def test_goaway_fails_the_calls_the_host_never_started_and_redials(tmp_pat
         await asyncio.wait_for(_get(channel), 5)
         with pytest.raises(ConnectionError, match="going away"):
             await asyncio.wait_for(_get(channel), 5)
+        old = _connection(channel)
+        await asyncio.sleep(0.05)
+        assert old.closed  # nothing left to finish on it: closed without waiting
         await asyncio.wait_for(_get(channel), 5)  # on a new connection
         assert len(hosts) == 2
+
+
+async def test_a_cancelled_last_call_closes_a_retired_connection(tmp_path: Path) -> None:
+    def hold(host: ScriptedHost, stream_id: int) -> None:
+        if len(host.requests) == 1:
+            _reply(host, stream_id, grpc_message(b""), [("grpc-status", "0")])
+
+    async with _scripted(tmp_path, hold) as (channel, _):
+        await asyncio.wait_for(_get(channel), 5)
+        connection = _connection(channel)
+        waiting = asyncio.ensure_future(_get(channel))
+        await asyncio.sleep(0.05)
+        connection.retire()  # as when the channel moves on to a new connection
+        assert not connection.closed  # a call is still in flight
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.05)
+        assert connection.closed
 
 
 async def test_a_host_that_never_speaks_http2_fails_the_call_naming_the_address(

@@ -184,9 +184,10 @@ class ClientConnection(FramedConnection):
                 await self._send_data(call, data)
             return await call.done
         except asyncio.CancelledError:
-            if self._calls.pop(stream_id, None) is not None and not self.closed:
-                self.send(frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big")))
-                self._free_slot()
+            if stream_id in self._calls:
+                if not self.closed:
+                    self.send(frame(RST_STREAM, 0, stream_id, CANCEL.to_bytes(4, "big")))
+                self._end(call)
             if call.done.done() and not call.done.cancelled():
                 call.done.exception()  # retrieved: the caller is gone
             raise
@@ -302,8 +303,8 @@ class ClientConnection(FramedConnection):
     def _going_away(self, last_stream_id: int, code: int) -> None:
         # Calls above the last stream the host will process never ran: they fail at once,
         # and the channel dials a new connection for the next call. Those below finish.
-        self.going_away = True
         self._fail_calls(lambda call: call.id > last_stream_id, "the host's server is going away")
+        self.retire()
         self._free_slot()
 
     def _flow_controlled(self) -> dict[int, _Call]:
