@@ -39,6 +39,7 @@ from .http2 import (
     MAX_MESSAGE,
     PREFACE,
     RST_STREAM,
+    FlowControlled,
     FramedConnection,
     HeaderBlocks,
     encode_headers,
@@ -82,10 +83,10 @@ def decode_grpc_message(value: str) -> str:
     return unquote(value, errors="replace")
 
 
-class _Call:
+class _Call(FlowControlled):
     """One unary call in flight."""
 
-    __slots__ = ("done", "id", "received", "send_window", "unread", "window_open")
+    __slots__ = ("done", "received")
 
     def __init__(self, stream_id: int, send_window: int, done: asyncio.Future[bytes]) -> None:
         self.id = stream_id
@@ -93,13 +94,7 @@ class _Call:
         self.done = done
         self.received = bytearray()
         self.unread = 0  # bytes received since the last stream WINDOW_UPDATE
-        self.window_open: asyncio.Event | None = None
-
-    def open_window(self) -> None:
-        """Wake the sender if it waits for a window (or for nothing more: the call ended)."""
-        if self.window_open is not None:
-            self.window_open.set()
-            self.window_open = None
+        self._window_open: asyncio.Event | None = None
 
 
 def _reply_fields(fields: list[tuple[str, str]]) -> dict[str, str]:
@@ -181,7 +176,8 @@ class ClientConnection(FramedConnection):
                 )
             else:
                 self.send(frame(HEADERS, END_HEADERS, stream_id, headers))
-                await self._send_data(call, data)
+                # Stops early if the call ended: the host may answer before reading it all.
+                await self.send_data(call, data, end_stream=True, stop=call.done.done)
             return await call.done
         except asyncio.CancelledError:
             if stream_id in self._calls:
@@ -191,22 +187,6 @@ class ClientConnection(FramedConnection):
             if call.done.done() and not call.done.cancelled():
                 call.done.exception()  # retrieved: the caller is gone
             raise
-
-    async def _send_data(self, call: _Call, data: bytes) -> None:
-        """DATA frames for ``data`` within the host's windows, the last one ending the
-        stream; stops early if the call ended (the host may answer before reading all)."""
-        view = memoryview(data)
-        while view and not call.done.done():
-            allowed = min(len(view), self.send_window, call.send_window, self.peer_max_frame)
-            if allowed <= 0:
-                call.window_open = asyncio.Event()
-                await call.window_open.wait()
-                continue
-            self.send_window -= allowed
-            call.send_window -= allowed
-            flags = END_STREAM if allowed == len(view) else 0
-            self.send(frame(DATA, flags, call.id, bytes(view[:allowed])))
-            view = view[allowed:]
 
     def _end(self, call: _Call) -> None:
         self._calls.pop(call.id, None)
@@ -309,12 +289,6 @@ class ClientConnection(FramedConnection):
 
     def _flow_controlled(self) -> dict[int, _Call]:
         return self._calls
-
-    def close(self) -> None:
-        """Close the connection; calls in flight fail with ``ConnectionError``."""
-        self._flush()
-        if self._transport is not None:
-            self._transport.close()
 
 
 class BrokerChannel:

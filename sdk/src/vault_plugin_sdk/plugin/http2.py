@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 from hpack import Decoder
 
@@ -113,14 +113,32 @@ class HeaderBlocks(Generic[T]):
         return meaning
 
 
-class FlowControlled(Protocol):
-    """A stream that sends DATA: its share of the peer's window, and a way to wake it."""
+class FlowControlled:
+    """A stream's flow control: its share of the peer's window, what it received since it
+    last gave window back, and a sender waiting for the window to open.
 
+    Subclasses set ``id``, ``send_window``, ``unread`` and ``_window_open`` (``None``) in
+    their own ``__init__``: a stream is made per call, and a chained ``__init__`` would add
+    a call to every one.
+    """
+
+    __slots__ = ("_window_open", "id", "send_window", "unread")
+
+    id: int
     send_window: int
+    unread: int
+    _window_open: asyncio.Event | None
 
     def open_window(self) -> None:
         """Wake the stream's sender, if it waits for the window to open."""
-        ...
+        if self._window_open is not None:
+            self._window_open.set()
+            self._window_open = None
+
+    async def window_opened(self) -> None:
+        """Wait until the window may have opened (or the stream or connection ended)."""
+        self._window_open = asyncio.Event()
+        await self._window_open.wait()
 
 
 class FramedConnection(asyncio.Protocol):
@@ -174,6 +192,27 @@ class FramedConnection(asyncio.Protocol):
         return frame(SETTINGS, 0, 0, settings) + frame(
             WINDOW_UPDATE, 0, 0, (RECEIVE_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big")
         )
+
+    async def send_data(
+        self, stream: FlowControlled, data: bytes, *, end_stream: bool, stop: Callable[[], bool]
+    ) -> bool:
+        """DATA frames for ``data`` within the peer's windows, the last one ending the stream
+        if ``end_stream``; waits for WINDOW_UPDATEs as needed. Returns False, with data left
+        unsent, once ``stop()`` holds (checked before each frame and after each wait)."""
+        view = memoryview(data)
+        while view:
+            if stop():
+                return False
+            allowed = min(len(view), self.send_window, stream.send_window, self.peer_max_frame)
+            if allowed <= 0:
+                await stream.window_opened()
+                continue
+            self.send_window -= allowed
+            stream.send_window -= allowed
+            flags = END_STREAM if end_stream and allowed == len(view) else 0
+            self.send(frame(DATA, flags, stream.id, bytes(view[:allowed])))
+            view = view[allowed:]
+        return True
 
     def consumed(self, stream_id: int, unread: int, end: bool) -> int:
         """Give a stream's receive window back once half is used; the bytes still owed."""
@@ -324,12 +363,16 @@ class FramedConnection(asyncio.Protocol):
 
     # -- shutdown --------------------------------------------------------------------------
 
-    def _fail(self, code: int, why: str) -> None:
-        log.warning("closing the connection: %s", why)
-        self.goaway(code)
+    def close(self) -> None:
+        """Send what is queued, then close the connection."""
         self._flush()
         if self._transport is not None:
             self._transport.close()
+
+    def _fail(self, code: int, why: str) -> None:
+        log.warning("closing the connection: %s", why)
+        self.goaway(code)
+        self.close()
         self.closed = True
 
     def goaway(self, code: int = NO_ERROR) -> None:

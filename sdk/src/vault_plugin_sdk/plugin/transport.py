@@ -47,6 +47,7 @@ from .http2 import (
     NO_ERROR,
     PROTOCOL_ERROR,
     RST_STREAM,
+    FlowControlled,
     FramedConnection,
     HeaderBlocks,
     encode_headers,
@@ -101,7 +102,7 @@ def fast_answers(service: object) -> dict[str, FastAnswer]:
     return dict(method()) if method is not None else {}
 
 
-class ServerStream:
+class ServerStream(FlowControlled):
     """One call, as a handler sees it (the subset of ``grpclib.server.Stream`` we use)."""
 
     __slots__ = (
@@ -109,17 +110,13 @@ class ServerStream:
         "_handler",
         "_inbox",
         "_pending",
-        "_window_open",
         "ended",
         "headers_sent",
-        "id",
         "metadata",
         "path",
         "received",
         "reply",
-        "send_window",
         "task",
-        "unread",
     )
 
     def __init__(
@@ -212,29 +209,11 @@ class ServerStream:
         await self.send_data(data)
 
     async def send_data(self, data: bytes) -> None:
-        """DATA frames for ``data``, within the host's flow-control windows."""
+        """DATA frames for ``data``, within the host's flow-control windows (the trailers
+        end the stream); ``ConnectionError`` if the connection closes first."""
         conn = self._conn
-        view = memoryview(data)
-        while view:
-            allowed = min(len(view), conn.send_window, self.send_window, conn.peer_max_frame)
-            if allowed <= 0:
-                await self.window_opened()
-                continue
-            conn.send_window -= allowed
-            self.send_window -= allowed
-            conn.send(frame(DATA, 0, self.id, bytes(view[:allowed])))
-            view = view[allowed:]
-
-    async def window_opened(self) -> None:
-        if self._conn.closed:
+        if not await conn.send_data(self, data, end_stream=False, stop=lambda: conn.closed):
             raise ConnectionError("connection closed")
-        self._window_open = asyncio.Event()
-        await self._window_open.wait()
-
-    def open_window(self) -> None:
-        if self._window_open is not None:
-            self._window_open.set()
-            self._window_open = None
 
 
 def _request_fields(fields: list[tuple[str, str]]) -> tuple[str, dict[str, str]]:
@@ -423,11 +402,6 @@ class HostConnection(FramedConnection):
             for stream in self._streams.values()
             if stream.task is not None and stream.unary == unary
         ]
-
-    def close(self) -> None:
-        self._flush()
-        if self._transport is not None:
-            self._transport.close()
 
 
 class GrpcServer:
