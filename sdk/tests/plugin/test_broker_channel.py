@@ -50,6 +50,7 @@ class SlowStorage(StorageServer):
     def __init__(self, backing: InMemoryStorage) -> None:
         super().__init__(backing)
         self.release = asyncio.Event()
+        self.started = asyncio.Event()  # a Get of "slow" reached the handler
         self.cancelled = asyncio.Event()
 
     async def Get(self, stream: Stream[pb.StorageGetArgs, pb.StorageGetReply]) -> None:  # noqa: N802
@@ -58,6 +59,7 @@ class SlowStorage(StorageServer):
         if request.key == "broken":
             raise GRPCError(Status.FAILED_PRECONDITION, "100% gone: clé\nsecond line")
         if request.key == "slow":
+            self.started.set()
             try:
                 await self.release.wait()
             except asyncio.CancelledError:
@@ -101,6 +103,14 @@ async def channel(host: Host) -> AsyncIterator[BrokerChannel]:
         yield channel
     finally:
         channel.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (at most 5 s): a condition, not a guessed delay."""
+    async with asyncio.timeout(5):
+        # Polled: the conditions are flags of protocols and transports, with no event to await.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 def _connection(channel: BrokerChannel) -> ClientConnection:
@@ -169,7 +179,7 @@ async def test_a_cancelled_call_resets_its_stream_and_the_connection_goes_on(
     storage = GrpcStorage(channel)
     await host.backing.put(StorageEntry("fast", b"ok"))
     waiting = asyncio.ensure_future(storage.get("slow"))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(host.service.started.wait(), 5)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -221,7 +231,7 @@ async def test_a_lost_connection_fails_the_call_and_the_next_call_dials_again(
     try:
         assert await storage.get("k") is not None
         waiting = asyncio.ensure_future(storage.get("slow"))
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(service.started.wait(), 5)
         _connection(channel)._transport.close()  # type: ignore[union-attr]
         with pytest.raises(StorageError, match="storage get failed: the connection"):
             await waiting
@@ -397,11 +407,12 @@ async def test_the_hosts_limit_on_concurrent_streams_is_honoured(tmp_path: Path)
     limit = SETTINGS_MAX_CONCURRENT_STREAMS.to_bytes(2, "big") + (2).to_bytes(4, "big")
     async with _scripted(tmp_path, hold, limit) as (channel, hosts):
         calls = [asyncio.ensure_future(_get(channel)) for _ in range(5)]
-        await asyncio.sleep(0.2)
+        await _until(lambda: len(pending) == 2)
+        await asyncio.sleep(0.05)  # room for a call that would break the limit
         assert len(hosts[0].requests) == 2  # the others wait for a stream to end
         answered = 0
         while answered < 5:
-            await asyncio.sleep(0.05)
+            await _until(lambda: bool(pending))
             while pending:
                 _reply(hosts[0], pending.pop(0), grpc_message(b""), [("grpc-status", "0")])
                 answered += 1
@@ -423,11 +434,11 @@ async def test_calls_waiting_for_a_stream_go_as_soon_as_the_host_raises_its_limi
 
     async with _scripted(tmp_path, hold, limit(1)) as (channel, hosts):
         calls = [asyncio.ensure_future(_get(channel)) for _ in range(3)]
-        await asyncio.sleep(0.2)
+        await _until(lambda: len(pending) == 1)
+        await asyncio.sleep(0.05)  # room for a call that would break the limit
         assert len(hosts[0].requests) == 1
         hosts[0].send(frame(SETTINGS, 0, 0, limit(3)))  # no call has ended
-        await asyncio.sleep(0.2)
-        assert len(hosts[0].requests) == 3
+        await _until(lambda: len(pending) == 3)
         for stream_id in pending:
             _reply(hosts[0], stream_id, grpc_message(b""), [("grpc-status", "0")])
         assert len(await asyncio.wait_for(asyncio.gather(*calls), 5)) == 3
@@ -446,8 +457,7 @@ async def test_goaway_fails_the_calls_the_host_never_started_and_redials(tmp_pat
         with pytest.raises(ConnectionError, match="going away"):
             await asyncio.wait_for(_get(channel), 5)
         old = _connection(channel)
-        await asyncio.sleep(0.05)
-        assert old.closed  # nothing left to finish on it: closed without waiting
+        await _until(lambda: old.closed)  # nothing left to finish on it: closed at once
         await asyncio.wait_for(_get(channel), 5)  # on a new connection
         assert len(hosts) == 2
 
@@ -457,18 +467,17 @@ async def test_a_cancelled_last_call_closes_a_retired_connection(tmp_path: Path)
         if len(host.requests) == 1:
             _reply(host, stream_id, grpc_message(b""), [("grpc-status", "0")])
 
-    async with _scripted(tmp_path, hold) as (channel, _):
+    async with _scripted(tmp_path, hold) as (channel, hosts):
         await asyncio.wait_for(_get(channel), 5)
         connection = _connection(channel)
         waiting = asyncio.ensure_future(_get(channel))
-        await asyncio.sleep(0.05)
+        await _until(lambda: len(hosts[0].requests) == 2)
         connection.retire()  # as when the channel moves on to a new connection
         assert not connection.closed  # a call is still in flight
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        await asyncio.sleep(0.05)
-        assert connection.closed
+        await _until(lambda: connection.closed)
 
 
 async def test_a_host_that_never_speaks_http2_fails_the_call_naming_the_address(
@@ -532,7 +541,7 @@ async def test_after_goaway_the_calls_the_host_still_runs_finish_on_the_old_conn
 
     async with _scripted(tmp_path, script) as (channel, hosts):
         first = asyncio.ensure_future(_get(channel))
-        await asyncio.sleep(0.1)
+        await _until(lambda: bool(held))
         with pytest.raises(ConnectionError, match="going away"):
             await asyncio.wait_for(_get(channel), 5)
         await asyncio.wait_for(_get(channel), 5)  # a new connection
@@ -540,6 +549,6 @@ async def test_after_goaway_the_calls_the_host_still_runs_finish_on_the_old_conn
         old_host, stream_id = held[0]
         _reply(old_host, stream_id, grpc_message(b""), [("grpc-status", "0")])
         await asyncio.wait_for(first, 5)
-        await asyncio.sleep(0.05)
-        assert old_host._transport is not None
-        assert old_host._transport.is_closing()  # the old connection closed once drained
+        transport = old_host._transport
+        assert transport is not None
+        await _until(transport.is_closing)  # the old connection closed once drained
