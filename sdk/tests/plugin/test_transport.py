@@ -15,6 +15,7 @@ from grpclib.health.v1 import health_grpc, health_pb2
 from grpclib.server import Stream
 
 from vault_plugin_sdk.framework.backend import Backend, BackendConfig
+from vault_plugin_sdk.plugin import http2
 from vault_plugin_sdk.plugin.broker import Broker
 from vault_plugin_sdk.plugin.codec import ERR_UNSUPPORTED_OPERATION
 from vault_plugin_sdk.plugin.pb import (
@@ -304,3 +305,82 @@ async def test_header_blocks_remembered_by_bytes_mean_what_a_fresh_decoder_says(
         assert metadata == {name: value for name, value in fields if not name.startswith(":")}
     # The repeated block was answered from memory at least once.
     assert conn._header_blocks.remembered
+
+
+class _RecordingTransport(asyncio.Transport):
+    """Keeps each write whole, to see which frames left together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        pass
+
+
+def _frames(data: bytes) -> list[tuple[int, int, int]]:
+    """(type, flags, stream id) of each frame in ``data``."""
+    found, offset = [], 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 3], "big")
+        stream = int.from_bytes(data[offset + 5 : offset + 9], "big")
+        found.append((data[offset + 3], data[offset + 4], stream))
+        offset += 9 + length
+    return found
+
+
+def _echo_call(stream_id: int) -> bytes:
+    block = encode_headers(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/pb.Backend/HandleRequest"),
+            (":authority", "plugin"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    body = http2.grpc_message(_request("p").SerializeToString())
+    return http2.frame(http2.HEADERS, http2.END_HEADERS, stream_id, block) + http2.frame(
+        http2.DATA, http2.END_STREAM, stream_id, body
+    )
+
+
+async def _connected() -> tuple[HostConnection, _RecordingTransport]:
+    conn = HostConnection(GrpcServer([EchoBackend()]))
+    transport = _RecordingTransport()
+    conn.connection_made(transport)
+    conn.data_received(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0))
+    await asyncio.sleep(0)
+    transport.writes.clear()
+    return conn, transport
+
+
+async def test_a_ping_that_comes_with_a_call_is_answered_after_its_reply_in_one_write() -> None:
+    # The host's gRPC sends a bandwidth probe (PING) with the data it receives. Answered in
+    # the write that carries the replies, and after them, the probe covers those replies;
+    # answered on its own, the next reply starts a probe that travels alone.
+    conn, transport = await _connected()
+    conn.data_received(http2.frame(http2.PING, 0, 0, b"probe-01") + _echo_call(1))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [_frames(write) for write in transport.writes] == [
+        [
+            (http2.HEADERS, http2.END_HEADERS, 1),
+            (http2.DATA, 0, 1),
+            (http2.HEADERS, http2.END_HEADERS | http2.END_STREAM, 1),
+            (http2.PING, http2.ACK, 0),
+        ]
+    ]
+    assert transport.writes[0].endswith(b"probe-01")
+
+
+async def test_a_ping_on_its_own_is_answered_in_the_next_loop_turn() -> None:
+    conn, transport = await _connected()
+    conn.data_received(http2.frame(http2.PING, 0, 0, b"alone-01"))
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [http2.frame(http2.PING, http2.ACK, 0, b"alone-01")]

@@ -161,7 +161,9 @@ class FramedConnection(asyncio.Protocol):
         self._header_stream = 0
         self._header_end_stream = False
         self._out: list[bytes] = []
+        self._acks: list[bytes] = []  # PING acks: they leave after the frames of their write
         self._flush_scheduled = False
+        self._receiving = False
         self._unread = 0  # connection-level bytes received since the last WINDOW_UPDATE
         self.closed = False
         self.send_window = DEFAULT_WINDOW
@@ -174,15 +176,19 @@ class FramedConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Queue bytes; everything queued in one event-loop turn leaves in one write."""
         self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if not self._flush_scheduled and not self._receiving:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out and self._transport is not None and not self.closed:
-            self._transport.write(b"".join(self._out))
+        if self._transport is not None and not self.closed and (self._out or self._acks):
+            self._transport.write(b"".join(self._out + self._acks))
         self._out.clear()
+        self._acks.clear()
 
     def open_windows(self) -> bytes:
         """Our SETTINGS and the connection's WINDOW_UPDATE: the first frames we send."""
@@ -224,6 +230,21 @@ class FramedConnection(asyncio.Protocol):
     # -- input -----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        # What answers these frames is written once the calls they start have taken their
+        # first step, in the same loop turn: a call that completes at once (a warm read)
+        # shares that write, without a turn of its own. The host's gRPC sends a
+        # bandwidth-probing PING with the data it receives; acknowledged after our replies,
+        # the probe covers them, instead of the next reply starting a probe that travels
+        # alone and costs both processes a wakeup.
+        self._receiving = True
+        try:
+            self._receive(data)
+        finally:
+            self._receiving = False
+            if not self._flush_scheduled:
+                self._schedule_flush()
+
+    def _receive(self, data: bytes) -> None:
         buffer = self._buffer
         buffer += data
         if not self._preface_seen:
@@ -301,7 +322,7 @@ class FramedConnection(asyncio.Protocol):
                 self._stream_window(stream_id, increment)
         elif kind == PING:
             if not flags & ACK:
-                self.send(frame(PING, ACK, 0, payload))
+                self._acks.append(frame(PING, ACK, 0, payload))
         elif kind == RST_STREAM:
             self._reset(stream_id, int.from_bytes(payload[:4], "big"))
         elif kind == GOAWAY:
