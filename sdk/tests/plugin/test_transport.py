@@ -384,3 +384,16 @@ async def test_a_ping_on_its_own_is_answered_in_the_next_loop_turn() -> None:
     assert transport.writes == []
     await asyncio.sleep(0)
     assert transport.writes == [http2.frame(http2.PING, http2.ACK, 0, b"alone-01")]
+
+
+async def test_a_call_that_completes_in_its_first_step_is_written_in_that_loop_turn() -> None:
+    conn, transport = await _connected()
+    conn.data_received(_echo_call(1))
+    await asyncio.sleep(0)  # one loop turn: the call's first step, then the write
+    assert [_frames(write) for write in transport.writes] == [
+        [
+            (http2.HEADERS, http2.END_HEADERS, 1),
+            (http2.DATA, 0, 1),
+            (http2.HEADERS, http2.END_HEADERS | http2.END_STREAM, 1),
+        ]
+    ]
