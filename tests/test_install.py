@@ -733,8 +733,15 @@ import sys
 
 def main() -> int:
     before = gc.isenabled()
+    collections = []
+    gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info))
     print("up", flush=True)  # the handshake line opens stdout
-    print(f"collector before {before}, after {gc.isenabled()}", file=sys.stderr)
+    gc.callbacks.clear()
+    print(
+        f"collector before {before}, after {gc.isenabled()}; collections while the line "
+        f"left {collections}; frozen {gc.get_freeze_count() > 0}",
+        file=sys.stderr,
+    )
     return 0
 """
 
@@ -743,10 +750,14 @@ def test_the_garbage_collector_is_off_until_the_handshake(
     tmp_path: Path, package_copy: Path
 ) -> None:
     """The imports make objects that nearly all live on: the launcher skips looking for
-    cycles among them, and collects as usual from the handshake line on."""
+    cycles among them, freezes them when the handshake line opens stdout (so that no
+    collection, then or later, looks at them: the first one would delay the line), and
+    collects as usual from there on."""
     ran = _run(_launcher(tmp_path, package_copy, entry=GC_PROBE))
     assert (ran.returncode, ran.stdout) == (0, "up\n"), ran.stderr
-    assert "collector before False, after True" in ran.stderr
+    said = "collector before False, after True; collections while the line left []"
+    assert said in ran.stderr
+    assert "frozen True" in ran.stderr
 
 
 EARLY_WRITER = """
