@@ -217,6 +217,7 @@ def test_the_plugin_start_does_not_import_what_only_commands_and_requests_need()
         "jwt",
         "opentelemetry",
         "google.protobuf.text_format",  # with python_message, unused under upb
+        "cryptography.hazmat.backends.openssl.backend",  # ECDSA's constructor (ecdsa.py)
     )
     env = {
         "PATH": "/usr/bin:/bin",

@@ -123,13 +123,15 @@ def test_the_key_and_its_public_half_are_encoded_as_cryptography_does(curve: str
 
 
 def test_making_the_certificate_imports_neither_x509_nor_serialization() -> None:
-    """The point of the module: the plugin's start pays for neither package."""
+    """The point of the module: the plugin's start pays for neither package, nor for the
+    OpenSSL backend module (ecdsa.py)."""
     code = (
         "import sys\n"
         "from vault_plugin_sdk.plugin.tls import build_tls, self_signed_certificate\n"
         "build_tls(self_signed_certificate(curve='P-521').cert_pem.decode())\n"
         "print(sorted(m for m in sys.modules if m.startswith(\n"
-        "    ('cryptography.x509', 'cryptography.hazmat.primitives.serialization'))))\n"
+        "    ('cryptography.x509', 'cryptography.hazmat.primitives.serialization',\n"
+        "     'cryptography.hazmat.backends.openssl'))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

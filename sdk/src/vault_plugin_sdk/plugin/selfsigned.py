@@ -65,6 +65,8 @@ def self_signed_certificate(
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from .ecdsa import RandomNonceECDSA
+
     if curve == "P-521":
         key = ec.generate_private_key(ec.SECP521R1())
         digest: hashes.SHA256 | hashes.SHA512 = hashes.SHA512()
@@ -88,7 +90,7 @@ def self_signed_certificate(
         public_key_der=_sequence(key_algorithm + _bit_string(point)),  # SubjectPublicKeyInfo
         algorithm=algorithm,
     )
-    signature = key.sign(tbs, ec.ECDSA(digest))
+    signature = key.sign(tbs, RandomNonceECDSA(digest))  # ec.ECDSA(digest), 10 ms sooner
     cert_der = _sequence(tbs + algorithm + _bit_string(signature))
     # PKCS#8 PrivateKeyInfo around an RFC 5915 ECPrivateKey (its curve named once, outside).
     ec_private_key = _sequence(
