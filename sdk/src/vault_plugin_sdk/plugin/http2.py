@@ -185,10 +185,12 @@ class FramedConnection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._transport is not None and not self.closed and (self._out or self._acks):
-            self._transport.write(b"".join(self._out + self._acks))
+        if self._acks:
+            self._out += self._acks
+            self._acks.clear()
+        if self._out and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._out))
         self._out.clear()
-        self._acks.clear()
 
     def open_windows(self) -> bytes:
         """Our SETTINGS and the connection's WINDOW_UPDATE: the first frames we send."""
