@@ -442,17 +442,24 @@ class OTelTelemetry(Telemetry):
             self._metrics = _Instruments(self.meter_provider, readers)
 
     def _span_exporter(self) -> Any:
+        from .http_session import TRACES_CREDENTIAL_PROVIDER, exporter_session
         from .otlp_spans import FastOTLPSpanExporter
 
         return FastOTLPSpanExporter(
-            endpoint=self.settings.traces_endpoint, timeout=self.settings.traces_timeout
+            endpoint=self.settings.traces_endpoint,
+            timeout=self.settings.traces_timeout,
+            session=exporter_session(TRACES_CREDENTIAL_PROVIDER),
         )
 
     def _reader(self) -> MetricReader:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
+        from .http_session import METRICS_CREDENTIAL_PROVIDER, exporter_session
+
         exporter = OTLPMetricExporter(
-            endpoint=self.settings.metrics_endpoint, timeout=self.settings.metrics_timeout
+            endpoint=self.settings.metrics_endpoint,
+            timeout=self.settings.metrics_timeout,
+            session=exporter_session(METRICS_CREDENTIAL_PROVIDER),
         )
         return MergingPeriodicExportingMetricReader(
             exporter, export_interval_millis=self.settings.metrics_export_interval * 1000.0
