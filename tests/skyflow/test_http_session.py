@@ -117,7 +117,7 @@ ENVIRONMENTS: list[dict[str, str]] = [
 
 @pytest.mark.parametrize("environment", ENVIRONMENTS, ids=lambda env: ",".join(env) or "none")
 @pytest.mark.parametrize("session_verify", [True, "/etc/otel/ca.pem"])
-def test_settings_are_a_plain_sessions(
+def test_settings_are_those_of_a_plain_session(
     monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], session_verify: bool | str
 ) -> None:
     for name, value in environment.items():
@@ -193,6 +193,20 @@ def test_netrc_credentials_are_sent_on_every_request(
         post(CachedEnvironmentSession(), f"http://127.0.0.1:{server.port}/v1/traces", 2)
     basic = "Basic " + base64.b64encode(b"collector:from-netrc").decode()
     assert server.authorizations == [basic, basic]
+
+
+def test_the_callers_request_is_left_as_it_came(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login collector password from-netrc\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    request = requests.Request("POST", URL, data=b"spans")
+    prepared = CachedEnvironmentSession().prepare_request(request)
+    basic = "Basic " + base64.b64encode(b"collector:from-netrc").decode()
+    assert prepared.headers["Authorization"] == basic
+    assert request.auth is None
 
 
 def test_without_a_netrc_entry_no_credentials_are_sent() -> None:

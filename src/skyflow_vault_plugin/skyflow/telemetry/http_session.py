@@ -103,7 +103,7 @@ class CachedEnvironmentSession(requests.Session):
             self.trust_env,
             _frozen(self.proxies),
             self.stream,
-            self.verify,
+            _frozen(self.verify),
             _frozen(self.cert),
         )
         settings = self._settings.get(key)
@@ -118,15 +118,19 @@ class CachedEnvironmentSession(requests.Session):
     def prepare_request(self, request: requests.Request) -> PreparedRequest:
         # requests looks the netrc file up for every request without credentials when it
         # trusts the environment; the answer for the URL is given here instead.
-        if self.trust_env and not request.auth and not self.auth and request.url:
-            url = str(request.url)
-            auth = self._netrc.get(url)
-            if auth is None:
-                if len(self._netrc) >= _MAX_REMEMBERED:
-                    self._netrc.clear()
-                auth = self._netrc[url] = get_netrc_auth(url) or _NO_AUTH
-            request.auth = auth
-        return super().prepare_request(request)
+        url = request.url
+        if not (self.trust_env and not request.auth and not self.auth and isinstance(url, str)):
+            return super().prepare_request(request)
+        auth = self._netrc.get(url)
+        if auth is None:
+            if len(self._netrc) >= _MAX_REMEMBERED:
+                self._netrc.clear()
+            auth = self._netrc[url] = get_netrc_auth(url) or _NO_AUTH
+        unset, request.auth = request.auth, auth
+        try:
+            return super().prepare_request(request)
+        finally:
+            request.auth = unset  # the caller's request as it came
 
 
 def exporter_session(
