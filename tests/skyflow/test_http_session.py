@@ -182,30 +182,27 @@ def test_no_proxy_still_bypasses_it(monkeypatch: pytest.MonkeyPatch) -> None:
         assert server.lines == ["POST /v1/traces HTTP/1.1"] * 2
 
 
-def test_netrc_credentials_are_sent_on_every_request(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def netrc_basic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """A netrc file with credentials for 127.0.0.1 (``NETRC``); the Authorization header
+    they make."""
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login collector password from-netrc\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
+    return "Basic " + base64.b64encode(b"collector:from-netrc").decode()
+
+
+def test_netrc_credentials_are_sent_on_every_request(netrc_basic: str) -> None:
     with receiver() as server:
         post(CachedEnvironmentSession(), f"http://127.0.0.1:{server.port}/v1/traces", 2)
-    basic = "Basic " + base64.b64encode(b"collector:from-netrc").decode()
-    assert server.authorizations == [basic, basic]
+    assert server.authorizations == [netrc_basic, netrc_basic]
 
 
-def test_the_callers_request_is_left_as_it_came(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login collector password from-netrc\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
+def test_the_callers_request_is_left_as_it_came(netrc_basic: str) -> None:
     request = requests.Request("POST", URL, data=b"spans")
     prepared = CachedEnvironmentSession().prepare_request(request)
-    basic = "Basic " + base64.b64encode(b"collector:from-netrc").decode()
-    assert prepared.headers["Authorization"] == basic
+    assert prepared.headers["Authorization"] == netrc_basic
     assert request.auth is None
 
 
