@@ -289,6 +289,7 @@ def test_install_writes_a_launcher_that_starts_and_reports_its_check(
     assert sample.line.startswith("1|5|unix|")
     assert sample.verify_ms is not None
     assert sample.verify_ms > 0
+    assert sample.native_wait_ms is not None
 
     # Run by hand: verified, then the plugin explains itself (exit 1, no traceback).
     by_hand = _run(result.path)
@@ -953,8 +954,11 @@ def test_a_native_library_imported_before_the_check_reaches_it_is_read_once(
         run_args=f"check_delays=({SLOW_CHECK}, 0)",
         distributions=[],
     )
-    ran = _run(path)
+    ran = _run(path, env={**os.environ, launcher.TIMING_ENV: "1"})
     assert ran.returncode == 0, ran.stderr
+    # The import waited for the check's copy, held back before the native libraries.
+    waited = ran.stderr.split("the imports ", 1)[1].split(" ms for its copies of native")[0]
+    assert float(waited) >= 0.5 * SLOW_CHECK * 1000
     report = ran.stdout.splitlines()
     assert report == [
         "imported while the check ran: True",
@@ -971,6 +975,34 @@ def test_a_native_library_imported_before_the_check_reaches_it_is_read_once(
         "heapq kept for an import: True",
         "kept after stdout opened: 0; heapq copies: 0",
     ]
+
+
+@pytest.mark.parametrize("separate_process", [True, False], ids=["child", "threads"])
+def test_the_check_copies_the_smallest_native_library_first(
+    tmp_path: Path, separate_process: bool
+) -> None:
+    # Manifest order is not size order: a large library listed first must not hold up the
+    # small one an import asks for first.
+    sizes = {"large.so": 300_000, "tiny.so": 3, "medium.so": 30_000}
+    pinned_files = []
+    for name, size in sizes.items():
+        body = os.urandom(size)
+        (tmp_path / name).write_bytes(body)
+        pinned_files.append([0, name, hashlib.sha256(body).hexdigest(), None])
+    manifest = _manifest(tmp_path, importlib.util.MAGIC_NUMBER + b"code", pinned_files)
+    provided: list[str] = []
+
+    class Recording(launcher.Pinned):
+        def provide_native(self, path: str, copy: launcher.SealedCopy | None) -> None:
+            provided.append(Path(path).name)
+            super().provide_native(path, copy)
+
+    files, _, fd = launcher.verify(
+        Recording(manifest), workers=1, separate_process=separate_process
+    )
+    os.close(fd)
+    assert files == 4
+    assert provided == ["tiny.so", "medium.so", "large.so"]
 
 
 def _small_manifest(tmp_path: Path) -> dict[str, object]:

@@ -62,11 +62,14 @@ class StartupSample:
         verify_ms: the launcher's own report of its integrity check (``None`` when the
             executable is not a launcher).
         line: the handshake line.
+        native_wait_ms: the launcher's report of how long the imports waited for the
+            check's copies of native libraries (``None`` when not reported).
     """
 
     handshake_ms: float
     verify_ms: float | None
     line: str
+    native_wait_ms: float | None = None
 
 
 class StartupFailed(Exception):
@@ -74,6 +77,7 @@ class StartupFailed(Exception):
 
 
 _VERIFY_LINE = re.compile(r"verified \d+ files \([\d.]+ MB\) in ([\d.]+) ms")
+_NATIVE_WAIT = re.compile(r"the imports ([\d.]+) ms for its copies of native libraries")
 
 
 def measure_startup(
@@ -131,10 +135,12 @@ def measure_startup(
             f"{said}{stderr}"
         )
     match = _VERIFY_LINE.search(stderr)
+    waited = _NATIVE_WAIT.search(stderr)
     return StartupSample(
         handshake_ms=elapsed,
         verify_ms=float(match.group(1)) if match else None,
         line=text,
+        native_wait_ms=float(waited.group(1)) if waited else None,
     )
 
 

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench import plugin_read
 from bench.plugin_read import CREDS, CREDS_QUIET, FLOOR, FLOOR_AUDIT, Measured
 from bench.wrk import LoadResult
+from skyflow_vault_plugin.startup import StartupSample
 
 
 def _rounds(*rps_and_p50: tuple[float, float]) -> list[Measured]:
@@ -43,4 +44,19 @@ def test_like_for_like_gives_the_pair_it_has() -> None:
     assert line == (
         "Like for like, the warm `creds` read without it: 0.80x the Go floor's throughput, "
         "1.25x its p50."
+    )
+
+
+def test_the_launcher_report_gives_the_medians_of_its_check_and_of_the_native_waits() -> None:
+    samples = [
+        StartupSample(100.0, verify, "1|5|unix|x|grpc|", native_wait_ms=wait)
+        for verify, wait in ((70.0, 0.0), (80.0, 2.5), (75.0, 12.0))
+    ]
+    report = plugin_read._launcher_report(samples)
+    assert "its check ended 75 ms after its start" in report
+    assert "which waited 2.5 ms in all for its copies of native libraries" in report
+    assert "(the most in one start: 12.0 ms)" in report
+    # A plain interpreter (no launcher) reports neither.
+    assert plugin_read._launcher_report([StartupSample(50.0, None, "1|5|unix|x|grpc|")]) == (
+        "The launcher reported no timing."
     )
