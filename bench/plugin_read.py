@@ -30,7 +30,12 @@ from bench.startup_count import count_launcher_start
 from bench.wrk import LoadResult, run_wrk
 from skyflow_devtools.processes import plugin_pids
 from skyflow_vault_plugin.install import install
-from skyflow_vault_plugin.startup import StartupSample, fake_host_environment, measure_startup
+from skyflow_vault_plugin.startup import (
+    StartupSample,
+    fake_host_environment,
+    measure_startup,
+    summarize,
+)
 
 SECONDS = 5
 ROUNDS = 6
@@ -153,15 +158,16 @@ def handshake_times(
 def _launcher_report(samples: list[StartupSample]) -> str:
     """The launcher's own report, medians over ``samples``: its check's time and the
     imports' wait for its copies of the native libraries."""
-    verify = [s.verify_ms for s in samples if s.verify_ms is not None]
-    waits = [s.native_wait_ms for s in samples if s.native_wait_ms is not None]
-    if not verify or not waits:
+    stats = summarize(samples)
+    verify, wait = stats["verify_median_ms"], stats["native_wait_median_ms"]
+    most = stats["native_wait_max_ms"]
+    if verify is None or wait is None or most is None:
         return "The launcher reported no timing."
     return (
-        f"The launcher's own report (medians): its check ended {statistics.median(verify):.0f}"
+        f"The launcher's own report (medians): its check ended {verify:.0f}"
         " ms after its start, alongside the imports, which waited "
-        f"{statistics.median(waits):.1f} ms in all for its copies of native libraries "
-        f"(the most in one start: {max(waits):.1f} ms)."
+        f"{wait:.1f} ms in all for its copies of native libraries "
+        f"(the most in one start: {most:.1f} ms)."
     )
 
 

@@ -153,13 +153,17 @@ def _median(values: Sequence[float]) -> float:
 
 
 def summarize(samples: Sequence[StartupSample]) -> dict[str, float | None]:
-    """Median, min and max of the handshake times and the median verification time."""
+    """Median, min and max of the handshake times, the median verification time, and the
+    median and max of the imports' wait for the check's copies of native libraries."""
     handshakes = [s.handshake_ms for s in samples]
     verifies = [s.verify_ms for s in samples if s.verify_ms is not None]
+    waits = [s.native_wait_ms for s in samples if s.native_wait_ms is not None]
     return {
         "runs": float(len(samples)),
         "handshake_median_ms": _median(handshakes),
         "handshake_min_ms": min(handshakes),
         "handshake_max_ms": max(handshakes),
         "verify_median_ms": _median(verifies) if verifies else None,
+        "native_wait_median_ms": _median(waits) if waits else None,
+        "native_wait_max_ms": max(waits) if waits else None,
     }
